@@ -1,0 +1,236 @@
+"""
+The distillation losses of TBD (docs/method.md, "Harmony Distillation" and "Task-decoupled Feature
+Distillation").
+
+Layout: N images, R anchors over all FPN levels (R = sum_l Hl x Wl x A), K classes. Teacher inputs
+are expected without gradient; every loss returns a 0-dim float32 tensor.
+"""
+
+from typing import List, Sequence, Tuple
+
+import torch
+from detectron2.layers import ciou_loss, diou_loss
+from detectron2.modeling.box_regression import Box2BoxTransform
+from fvcore.nn import giou_loss, smooth_l1_loss
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .harmony import decode_boxes
+
+_BOX_LOSSES = {"giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}
+
+
+def quality_focal_loss(logits: Tensor, targets: Tensor, beta: float) -> Tensor:
+    """
+    Elementwise quality focal loss: BCE(sigmoid(z), t) * |sigmoid(z) - t|^beta.
+
+    Zero exactly where sigmoid(z) == t. Any shape; returns the same shape.
+    """
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return bce * (logits.sigmoid() - targets).abs().pow(beta)
+
+
+class HarmonyDistillationLoss(nn.Module):
+    """
+    Harmony Distillation: the teacher's predictions, reweighted by their harmony, as targets.
+
+    Classification (``loss_hd_cls``)::
+
+        t(a, k) = p_T(a, k), except t(a, c(a)) = sqrt(s(a) u(a)) on foreground anchors
+        L = sum_{a valid, k} QFL(z_S(a, k), t(a, k); beta) / max(1, #fg)
+
+    Regression (``loss_hd_reg``), on foreground anchors::
+
+        L = sum_a w(a) l(B_S(a), B_T(a)) / sum_a w(a),  w(a) = HS(a) (or 1 for "uniform")
+
+    with l the student's box regression loss type: smooth-L1 between deltas, or GIoU / DIoU / CIoU
+    between decoded boxes.
+    """
+
+    def __init__(
+        self,
+        *,
+        beta: float,
+        target: str,
+        reg_weighting: str,
+        box2box_transform: Box2BoxTransform,
+        box_reg_loss_type: str = "smooth_l1",
+        smooth_l1_beta: float = 0.0,
+    ):
+        super().__init__()
+        if target not in ("harmony", "teacher"):
+            raise ValueError(f"MODEL.TBD.HD.TARGET must be 'harmony' or 'teacher', got {target!r}")
+        if reg_weighting not in ("harmony", "uniform"):
+            raise ValueError(
+                f"MODEL.TBD.HD.REG_WEIGHTING must be 'harmony' or 'uniform', got {reg_weighting!r}"
+            )
+        if box_reg_loss_type != "smooth_l1" and box_reg_loss_type not in _BOX_LOSSES:
+            raise ValueError(f"unsupported box regression loss type {box_reg_loss_type!r}")
+        self.beta = beta
+        self.target = target
+        self.reg_weighting = reg_weighting
+        self.box2box_transform = box2box_transform
+        self.box_reg_loss_type = box_reg_loss_type
+        self.smooth_l1_beta = smooth_l1_beta
+
+    def classification_targets(
+        self, teacher_logits: Tensor, gt_labels: Tensor, harmonized_score: Tensor
+    ) -> Tensor:
+        """
+        Args:
+            teacher_logits: N x R x K; gt_labels: N x R (-1 ignore, K background);
+            harmonized_score: N x R, sqrt(s * u) of the teacher.
+        Returns:
+            N x R x K targets t in [0, 1].
+        """
+        targets = teacher_logits.sigmoid()
+        if self.target == "teacher":
+            return targets
+        num_classes = targets.shape[-1]
+        foreground = (gt_labels >= 0) & (gt_labels < num_classes)
+        at_gt_class = F.one_hot(gt_labels.clamp(0, num_classes - 1), num_classes).bool()
+        at_gt_class &= foreground.unsqueeze(-1)
+        return torch.where(at_gt_class, harmonized_score.unsqueeze(-1), targets)
+
+    def classification_loss(
+        self, student_logits: Tensor, targets: Tensor, gt_labels: Tensor
+    ) -> Tensor:
+        num_classes = student_logits.shape[-1]
+        valid = (gt_labels >= 0).unsqueeze(-1)
+        num_foreground = ((gt_labels >= 0) & (gt_labels < num_classes)).sum().clamp(min=1)
+        loss = quality_focal_loss(student_logits, targets, self.beta)
+        return torch.where(valid, loss, loss.new_zeros(())).sum() / num_foreground
+
+    def regression_loss(
+        self,
+        student_deltas: Tensor,
+        teacher_deltas: Tensor,
+        anchors: Tensor,
+        foreground: Tensor,
+        harmony: Tensor,
+    ) -> Tensor:
+        """
+        Args:
+            student_deltas, teacher_deltas: N x R x 4; anchors: R x 4 (XYXY);
+            foreground: N x R bool; harmony: N x R teacher Harmony Scores.
+        """
+        if self.box_reg_loss_type == "smooth_l1":
+            per_anchor = smooth_l1_loss(
+                student_deltas, teacher_deltas, beta=self.smooth_l1_beta, reduction="none"
+            ).sum(-1)
+        else:
+            student_boxes = decode_boxes(student_deltas, anchors, self.box2box_transform)
+            teacher_boxes = decode_boxes(teacher_deltas, anchors, self.box2box_transform)
+            per_anchor = _BOX_LOSSES[self.box_reg_loss_type](
+                student_boxes.reshape(-1, 4), teacher_boxes.reshape(-1, 4), reduction="none"
+            ).view(foreground.shape)
+        weights = harmony if self.reg_weighting == "harmony" else torch.ones_like(harmony)
+        weights = torch.where(foreground, weights, weights.new_zeros(()))
+        per_anchor = torch.where(foreground, per_anchor, per_anchor.new_zeros(()))
+        return (weights * per_anchor).sum() / weights.sum().clamp(min=1e-6)
+
+
+def task_masks(
+    teacher_logits: Tensor,
+    loc_quality: Tensor,
+    anchor_ious: Tensor,
+    iou_threshold: float,
+    level_shapes: Sequence[Tuple[int, int]],
+    eps: float = 1e-6,
+) -> Tuple[List[Tensor], List[Tensor]]:
+    """
+    The two TFD region masks per FPN level, each normalized to average 1 per image and level::
+
+        M_cls(h, w) = max_{a at (h, w), k} p_T(a, k)
+        M_reg(h, w) = max_{a at (h, w)} u(a) [IoU(a, G(a)) >= iou_threshold]
+        M <- M / (mean_{h, w} M + eps)
+
+    Args:
+        teacher_logits: N x R x K; loc_quality: N x R teacher IoUs u(a); anchor_ious: N x R
+            IoU(a, G(a)); iou_threshold: the anchor matcher's lower threshold;
+        level_shapes: (Hl, Wl) per level, in the order of the anchors.
+    Returns:
+        two lists (cls, reg) of N x Hl x Wl masks.
+    """
+    n, r, k = teacher_logits.shape
+    sizes = [h * w for h, w in level_shapes]
+    num_anchors = r // sum(sizes)
+    if num_anchors * sum(sizes) != r:
+        raise ValueError(f"{r} anchors do not tile levels of sizes {list(level_shapes)}")
+    sizes = [s * num_anchors for s in sizes]
+    reg_quality = torch.where(anchor_ious >= iou_threshold, loc_quality, loc_quality.new_zeros(()))
+    cls_masks, reg_masks = [], []
+    for logits_l, reg_l, (h, w) in zip(
+        teacher_logits.split(sizes, dim=1), reg_quality.split(sizes, dim=1), level_shapes
+    ):
+        # sigmoid is monotonic: take the max over logits, then one sigmoid per location.
+        m_cls = logits_l.reshape(n, h, w, num_anchors * k).amax(-1).sigmoid()
+        m_reg = reg_l.reshape(n, h, w, num_anchors).amax(-1)
+        cls_masks.append(m_cls / (m_cls.mean((1, 2), keepdim=True) + eps))
+        reg_masks.append(m_reg / (m_reg.mean((1, 2), keepdim=True) + eps))
+    return cls_masks, reg_masks
+
+
+def balance_weights(
+    loss_cls: Tensor, loss_reg: Tensor, mode: str, cls_ratio: float = 0.5
+) -> Tuple[Tensor, Tensor]:
+    """
+    TFD task balance (w_cls, w_reg), with w_cls + w_reg = 2.
+
+    "dynamic": w_cls = 2 L_cls / (L_cls + L_reg), w_reg = 2 L_reg / (L_cls + L_reg) from the
+    student's detached task losses (1, 1 when both are 0). "fixed": 2 cls_ratio, 2 (1 - cls_ratio).
+    """
+    if mode == "fixed":
+        return loss_cls.new_tensor(2.0 * cls_ratio), loss_cls.new_tensor(2.0 * (1.0 - cls_ratio))
+    if mode != "dynamic":
+        raise ValueError(f"MODEL.TBD.TFD.BALANCE must be 'dynamic' or 'fixed', got {mode!r}")
+    loss_cls, loss_reg = loss_cls.detach().float(), loss_reg.detach().float()
+    total = loss_cls + loss_reg
+    safe_total = torch.where(total > 0, total, total.new_ones(()))
+    w_cls = torch.where(total > 0, 2.0 * loss_cls / safe_total, total.new_ones(()))
+    return w_cls, 2.0 - w_cls
+
+
+class TaskDecoupledFeatureLoss(nn.Module):
+    """
+    Task-decoupled Feature Distillation over FPN levels l::
+
+        L_TFD = sum_l [ w_cls mean(M_cls D) + w_reg mean(M_reg D) ],  D = (phi(F_S) - F_T)^2
+
+    where the mean runs over N x C x H x W and phi is the student-to-teacher adapter (identity, or a
+    1x1 conv shared by all levels).
+    """
+
+    def __init__(self, student_channels: int, teacher_channels: int, adapter: str = "auto"):
+        super().__init__()
+        if adapter not in ("auto", "conv"):
+            raise ValueError(f"MODEL.TBD.TFD.ADAPTER must be 'auto' or 'conv', got {adapter!r}")
+        if adapter == "conv" or student_channels != teacher_channels:
+            self.adapter = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+        else:
+            self.adapter = nn.Identity()
+
+    def forward(
+        self,
+        student_features: Sequence[Tensor],
+        teacher_features: Sequence[Tensor],
+        cls_masks: Sequence[Tensor],
+        reg_masks: Sequence[Tensor],
+        w_cls: Tensor,
+        w_reg: Tensor,
+    ) -> Tensor:
+        """
+        Args:
+            student_features: per level N x Cs x Hl x Wl; teacher_features: N x Ct x Hl x Wl;
+            cls_masks, reg_masks: per level N x Hl x Wl; w_cls, w_reg: 0-dim.
+        """
+        loss = student_features[0].new_zeros((), dtype=torch.float32)
+        for f_s, f_t, m_cls, m_reg in zip(student_features, teacher_features, cls_masks, reg_masks):
+            if f_s.shape[-2:] != f_t.shape[-2:]:
+                raise ValueError(
+                    f"student and teacher FPN levels differ in size: {tuple(f_s.shape)} vs "
+                    f"{tuple(f_t.shape)}; they must share strides and padding"
+                )
+            squared_error = (self.adapter(f_s.float()) - f_t.float()).pow(2).mean(1)  # N x H x W
+            loss = loss + ((w_cls * m_cls + w_reg * m_reg) * squared_error).mean()
+        return loss

@@ -1,0 +1,241 @@
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import cat
+from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
+from detectron2.structures import Boxes
+from detectron2.utils.events import get_event_storage
+from torch import Tensor
+
+from .harmony import (
+    anchor_iou,
+    classification_quality,
+    harmonious_fraction,
+    harmony_score,
+    localization_quality,
+)
+from .losses import (
+    HarmonyDistillationLoss,
+    TaskDecoupledFeatureLoss,
+    balance_weights,
+    task_masks,
+)
+from .teacher import FrozenTeacher, check_teacher_config, load_teacher_config
+
+__all__ = ["TBDRetinaNet"]
+
+
+def _choice(key: str, value: str, options):
+    if value not in options:
+        raise ValueError(f"{key} must be one of {list(options)}, got {value!r}")
+    return value
+
+
+@META_ARCH_REGISTRY.register()
+class TBDRetinaNet(RetinaNet):
+    """
+    A RetinaNet student trained with Task-Balanced Distillation (HD + TFD) from a frozen teacher.
+
+    Training adds ``loss_hd_cls``, ``loss_hd_reg`` and ``loss_tfd`` to RetinaNet's ``loss_cls`` and
+    ``loss_box_reg``. Inference, tracing and checkpoints are RetinaNet's own: the teacher is built
+    lazily by the first training step (or :meth:`load_teacher`), and is never a submodule.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        teacher_cfg=None,
+        hd_loss: Optional[HarmonyDistillationLoss] = None,
+        tfd_loss: Optional[TaskDecoupledFeatureLoss] = None,
+        loss_weights: Optional[Dict[str, float]] = None,
+        tfd_mask: str = "task",
+        tfd_balance: str = "dynamic",
+        tfd_cls_ratio: float = 0.5,
+        harmony_delta: float = 0.2,
+        warmup_iters: int = 0,
+        **kwargs,
+    ):
+        """
+        Args:
+            teacher_cfg: the teacher's frozen config (see :func:`load_teacher_config`); None when
+                both HD and TFD are disabled (a plain RetinaNet student).
+            hd_loss, tfd_loss: the HD and TFD loss modules, None when disabled.
+            loss_weights: weights of "loss_hd_cls", "loss_hd_reg" and "loss_tfd".
+            tfd_mask: "task" or "uniform" TFD regions; tfd_balance, tfd_cls_ratio: the TFD balance.
+            harmony_delta: |s - u| threshold of a harmonious prediction (logged diagnostic).
+            warmup_iters: linear ramp of all distillation weights.
+            kwargs: arguments of :class:`RetinaNet`.
+        """
+        super().__init__(**kwargs)
+        self.teacher_cfg = teacher_cfg
+        self.hd_loss = hd_loss
+        self.tfd_loss = tfd_loss
+        self.loss_weights = dict(loss_weights or {})
+        self.tfd_mask = tfd_mask
+        self.tfd_balance = tfd_balance
+        self.tfd_cls_ratio = tfd_cls_ratio
+        self.harmony_delta = harmony_delta
+        self.warmup_iters = warmup_iters
+        self._teacher: Optional[FrozenTeacher] = None
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        tbd = cfg.MODEL.TBD
+        if not (tbd.HD.ENABLED or tbd.TFD.ENABLED):
+            return ret
+        teacher_cfg = load_teacher_config(cfg)
+        check_teacher_config(cfg, teacher_cfg)
+        ret.update(
+            teacher_cfg=teacher_cfg,
+            loss_weights={
+                "loss_hd_cls": tbd.HD.CLS_WEIGHT,
+                "loss_hd_reg": tbd.HD.REG_WEIGHT,
+                "loss_tfd": tbd.TFD.WEIGHT,
+            },
+            tfd_mask=_choice("MODEL.TBD.TFD.MASK", tbd.TFD.MASK, ("task", "uniform")),
+            tfd_balance=_choice("MODEL.TBD.TFD.BALANCE", tbd.TFD.BALANCE, ("dynamic", "fixed")),
+            tfd_cls_ratio=tbd.TFD.CLS_RATIO,
+            harmony_delta=tbd.HARMONY_DELTA,
+            warmup_iters=tbd.WARMUP_ITERS,
+        )
+        if tbd.HD.ENABLED:
+            ret["hd_loss"] = HarmonyDistillationLoss(
+                beta=tbd.HD.BETA,
+                target=tbd.HD.TARGET,
+                reg_weighting=tbd.HD.REG_WEIGHTING,
+                box2box_transform=ret["box2box_transform"],
+                box_reg_loss_type=ret["box_reg_loss_type"],
+                smooth_l1_beta=ret["smooth_l1_beta"],
+            )
+        if tbd.TFD.ENABLED:
+            first_level = cfg.MODEL.RETINANET.IN_FEATURES[0]
+            student_channels = ret["backbone"].output_shape()[first_level].channels
+            ret["tfd_loss"] = TaskDecoupledFeatureLoss(
+                student_channels, teacher_cfg.MODEL.FPN.OUT_CHANNELS, tbd.TFD.ADAPTER
+            )
+        return ret
+
+    @property
+    def distills(self) -> bool:
+        return self.teacher_cfg is not None
+
+    def load_teacher(self) -> FrozenTeacher:
+        """Build and load the teacher now (it is otherwise built by the first training step)."""
+        if self._teacher is None:
+            self._teacher = FrozenTeacher.build(self.teacher_cfg, self)
+        return self._teacher
+
+    def forward_training(self, images, features, predictions, gt_instances):
+        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4]
+        )
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        losses = self.losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+        if not self.distills:
+            return losses
+        teacher = self.load_teacher()(
+            images.tensor, self.pixel_mean, self.pixel_std, self.input_format
+        )
+        with torch.autocast(self.device.type, enabled=False):
+            losses.update(
+                self.distillation_losses(
+                    features,
+                    cat(pred_logits, dim=1).float(),
+                    cat(pred_anchor_deltas, dim=1).float(),
+                    Boxes.cat(anchors).tensor,
+                    torch.stack(gt_labels),
+                    torch.stack(gt_boxes),
+                    teacher,
+                    losses,
+                )
+            )
+        return losses
+
+    def distillation_losses(
+        self,
+        features: List[Tensor],
+        logits: Tensor,
+        deltas: Tensor,
+        anchors: Tensor,
+        gt_labels: Tensor,
+        gt_boxes: Tensor,
+        teacher,
+        task_losses: Dict[str, Tensor],
+    ) -> Dict[str, Tensor]:
+        """
+        Args:
+            features: the student's FPN features, per level N x C x Hl x Wl.
+            logits: N x R x K and deltas: N x R x 4, the student's head outputs.
+            anchors: R x 4. gt_labels: N x R and gt_boxes: N x R x 4 from ``label_anchors``.
+            teacher: :class:`TeacherPredictions` for the same batch.
+            task_losses: the student's RetinaNet losses of this step (for the TFD balance).
+        Returns:
+            the weighted distillation losses, float32.
+        """
+        t_logits, t_deltas = teacher.logits.float(), teacher.deltas.float()
+        foreground = (gt_labels >= 0) & (gt_labels < self.num_classes)
+        t_cls_quality = classification_quality(t_logits, gt_labels)
+        t_loc_quality = localization_quality(t_deltas, anchors, gt_boxes, self.box2box_transform)
+        scale = self._warmup_factor()
+        weights = {k: scale * v for k, v in self.loss_weights.items()}
+        storage = get_event_storage()
+        losses = {}
+        if self.hd_loss is not None:
+            targets = self.hd_loss.classification_targets(
+                t_logits, gt_labels, (t_cls_quality * t_loc_quality).sqrt()
+            )
+            losses["loss_hd_cls"] = weights["loss_hd_cls"] * self.hd_loss.classification_loss(
+                logits, targets, gt_labels
+            )
+            losses["loss_hd_reg"] = weights["loss_hd_reg"] * self.hd_loss.regression_loss(
+                deltas, t_deltas, anchors, foreground, harmony_score(t_cls_quality, t_loc_quality)
+            )
+        if self.tfd_loss is not None:
+            level_shapes = [tuple(f.shape[-2:]) for f in features]
+            if self.tfd_mask == "task":
+                cls_masks, reg_masks = task_masks(
+                    t_logits,
+                    t_loc_quality,
+                    anchor_iou(anchors, gt_boxes),
+                    self.anchor_matcher.thresholds[1],
+                    level_shapes,
+                )
+            else:
+                cls_masks = [logits.new_ones((logits.shape[0], h, w)) for h, w in level_shapes]
+                reg_masks = cls_masks
+            w_cls, w_reg = balance_weights(
+                task_losses["loss_cls"],
+                task_losses["loss_box_reg"],
+                self.tfd_balance,
+                self.tfd_cls_ratio,
+            )
+            losses["loss_tfd"] = weights["loss_tfd"] * self.tfd_loss(
+                features, teacher.features, cls_masks, reg_masks, w_cls, w_reg
+            )
+            storage.put_scalars(**{"tbd/w_cls": w_cls, "tbd/w_reg": w_reg})
+        s_cls_quality = classification_quality(logits.detach(), gt_labels)
+        s_loc_quality = localization_quality(
+            deltas.detach(), anchors, gt_boxes, self.box2box_transform
+        )
+        storage.put_scalars(
+            **{
+                "tbd/harmony_teacher": harmonious_fraction(
+                    t_cls_quality, t_loc_quality, foreground, self.harmony_delta
+                ),
+                "tbd/harmony_student": harmonious_fraction(
+                    s_cls_quality, s_loc_quality, foreground, self.harmony_delta
+                ),
+                "tbd/warmup_factor": scale,
+            }
+        )
+        return losses
+
+    def _warmup_factor(self) -> float:
+        """Linear ramp 0 -> 1 of the distillation weights over ``warmup_iters`` iterations."""
+        if self.warmup_iters <= 0:
+            return 1.0
+        return min(1.0, get_event_storage().iter / self.warmup_iters)

@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""
+Task-Balanced Distillation (TBD) training script, built on detectron2's DefaultTrainer.
+
+Trains teachers, baseline students (META_ARCHITECTURE "RetinaNet") and TBD students
+("TBDRetinaNet") alike; ``--eval-only`` evaluates with COCOEvaluator and never loads a teacher.
+"""
+
+import logging
+import os
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import COCOEvaluator, verify_results
+from detectron2.utils import comm
+
+from tbd import add_tbd_config
+from tbd.datasets import register_datasets
+
+logger = logging.getLogger("tbd")
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)  # DistributedDataParallel
+
+
+class Trainer(DefaultTrainer):
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+    def train(self):
+        # Build and load the teacher before the first step, so that a wrong teacher config or
+        # checkpoint fails now rather than inside the training loop.
+        model = _unwrap(self.model)
+        if getattr(model, "distills", False):
+            model.load_teacher()
+        return super().train()
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_tbd_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def prepare_datasets(cfg):
+    """Register the config's datasets; the synthetic one is generated once per machine."""
+    if comm.get_local_rank() == 0:
+        register_datasets(cfg)
+    comm.synchronize()
+    register_datasets(cfg)
+
+
+def main(args):
+    cfg = setup(args)
+    prepare_datasets(cfg)
+
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def invoke_main() -> None:
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()  # pragma: no cover

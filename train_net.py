@@ -6,8 +6,8 @@ Trains teachers, baseline students (META_ARCHITECTURE "RetinaNet") and TBD stude
 ("TBDRetinaNet") alike; ``--eval-only`` evaluates with COCOEvaluator and never loads a teacher.
 """
 
-import logging
 import os
+import weakref
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
@@ -16,9 +16,8 @@ from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils import comm
 
 from tbd import add_tbd_config
+from tbd.checkpoint import AtomicCheckpointer
 from tbd.datasets import register_datasets
-
-logger = logging.getLogger("tbd")
 
 
 def _unwrap(model):
@@ -26,6 +25,15 @@ def _unwrap(model):
 
 
 class Trainer(DefaultTrainer):
+    """DefaultTrainer with COCOEvaluator, atomic checkpoints and an eagerly loaded teacher."""
+
+    def build_hooks(self):
+        # Called by DefaultTrainer.__init__ before the hooks capture the checkpointer.
+        self.checkpointer = AtomicCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        return super().build_hooks()
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:

@@ -183,3 +183,10 @@ def test_build_refuses_mismatched_teacher(tmp_path, opts, message):
 def test_bad_option_values_are_refused(teacher_weights):
     with pytest.raises(ValueError, match="TFD.MASK"):
         build_model(student_cfg(teacher_weights, ["MODEL.TBD.TFD.MASK", "everywhere"]))
+
+
+def test_non_finite_distillation_loss_is_named(teacher_weights):
+    model = build_model(student_cfg(teacher_weights))
+    model.load_teacher().model.head.cls_score.bias.data.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"loss_hd_cls.* at iteration 7"):
+        train_step(model, make_batch(), iteration=7)

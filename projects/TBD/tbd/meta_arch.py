@@ -32,6 +32,17 @@ def _choice(key: str, value: str, options):
     return value
 
 
+def _check_finite(losses: Dict[str, Tensor]) -> None:
+    """Stop with the names of the non-finite loss terms (one host sync per step)."""
+    if bool(torch.isfinite(torch.stack([v.detach().float() for v in losses.values()])).all()):
+        return
+    bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
+    raise FloatingPointError(
+        f"TBD: {', '.join(bad)} became infinite or NaN at iteration {get_event_storage().iter} "
+        f"(losses: { {k: float(v) for k, v in losses.items()} })"
+    )
+
+
 @META_ARCH_REGISTRY.register()
 class TBDRetinaNet(RetinaNet):
     """
@@ -153,6 +164,7 @@ class TBDRetinaNet(RetinaNet):
                     losses,
                 )
             )
+        _check_finite(losses)
         return losses
 
     def distillation_losses(

@@ -6,14 +6,18 @@ Trains teachers, baseline students (META_ARCHITECTURE "RetinaNet") and TBD stude
 ("TBDRetinaNet") alike; ``--eval-only`` evaluates with COCOEvaluator and never loads a teacher.
 """
 
+import contextlib
 import os
 import weakref
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
+from detectron2.engine import defaults as d2_defaults
+from detectron2.engine import launch
 from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from tbd import add_tbd_config
 from tbd.checkpoint import AtomicCheckpointer
@@ -24,8 +28,30 @@ def _unwrap(model):
     return getattr(model, "module", model)  # DistributedDataParallel
 
 
+@contextlib.contextmanager
+def _cpu_ddp():
+    """Let DefaultTrainer wrap a CPU model in DDP (gloo): detectron2's ``create_ddp_model`` passes
+    ``device_ids=[local_rank]``, which DistributedDataParallel refuses for a CPU module."""
+    create_ddp_model = d2_defaults.create_ddp_model
+
+    def create(model, **kwargs):
+        if next(model.parameters()).device.type == "cpu":
+            kwargs.setdefault("device_ids", None)
+        return create_ddp_model(model, **kwargs)
+
+    d2_defaults.create_ddp_model = create
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = create_ddp_model
+
+
 class Trainer(DefaultTrainer):
     """DefaultTrainer with COCOEvaluator, atomic checkpoints and an eagerly loaded teacher."""
+
+    def __init__(self, cfg):
+        with _cpu_ddp():
+            super().__init__(cfg)
 
     def build_hooks(self):
         # Called by DefaultTrainer.__init__ before the hooks capture the checkpointer.
@@ -56,6 +82,8 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    # this project's own messages (teacher loading, dataset validation) to the console and log.txt
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="tbd")
     return cfg
 
 

@@ -12,7 +12,10 @@ def atomic_write(path: str, write) -> None:
     flushed to disk, then renamed over ``path`` (``os.replace`` is atomic on POSIX)."""
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would create it (mkstemp uses 0600)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -9,8 +9,10 @@ are expected without gradient; every loss returns a 0-dim float32 tensor.
 from typing import List, Sequence, Tuple
 
 import torch
+import torch.distributed as dist
 from detectron2.layers import ciou_loss, diou_loss
 from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.utils import comm
 from fvcore.nn import giou_loss, smooth_l1_loss
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -18,6 +20,21 @@ from torch.nn import functional as F
 from .harmony import decode_boxes
 
 _BOX_LOSSES = {"giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}
+
+
+def mean_over_processes(x: Tensor) -> Tensor:
+    """The mean of the detached ``x`` over the training processes (``x`` itself in one process).
+
+    For normalizers: a loss that each of N processes divides by this mean (rather than by its own
+    value), averaged by DDP, equals the loss of the whole batch in one process.
+    """
+    x = x.detach()
+    world = comm.get_world_size()
+    if world == 1:
+        return x
+    x = x.float().clone()
+    dist.all_reduce(x)
+    return x / world
 
 
 def quality_focal_loss(logits: Tensor, targets: Tensor, beta: float) -> Tensor:
@@ -97,7 +114,9 @@ class HarmonyDistillationLoss(nn.Module):
     ) -> Tensor:
         num_classes = student_logits.shape[-1]
         valid = (gt_labels >= 0).unsqueeze(-1)
-        num_foreground = ((gt_labels >= 0) & (gt_labels < num_classes)).sum().clamp(min=1)
+        num_foreground = ((gt_labels >= 0) & (gt_labels < num_classes)).sum()
+        # over all processes: sum over the whole batch / max(#foreground of the whole batch, 1)
+        num_foreground = mean_over_processes(num_foreground).clamp(min=1 / comm.get_world_size())
         loss = quality_focal_loss(student_logits, targets, self.beta)
         return torch.where(valid, loss, loss.new_zeros(())).sum() / num_foreground
 
@@ -127,7 +146,7 @@ class HarmonyDistillationLoss(nn.Module):
         weights = harmony if self.reg_weighting == "harmony" else torch.ones_like(harmony)
         weights = torch.where(foreground, weights, weights.new_zeros(()))
         per_anchor = torch.where(foreground, per_anchor, per_anchor.new_zeros(()))
-        return (weights * per_anchor).sum() / weights.sum().clamp(min=1e-6)
+        return (weights * per_anchor).sum() / mean_over_processes(weights.sum()).clamp(min=1e-6)
 
 
 def task_masks(

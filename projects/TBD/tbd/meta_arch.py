@@ -1,10 +1,12 @@
 from typing import Dict, List, Optional
 
 import torch
+import torch.distributed as dist
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from detectron2.structures import Boxes
+from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import Tensor
 
@@ -19,6 +21,7 @@ from .losses import (
     HarmonyDistillationLoss,
     TaskDecoupledFeatureLoss,
     balance_weights,
+    mean_over_processes,
     task_masks,
 )
 from .teacher import FrozenTeacher, check_teacher_config, load_teacher_config
@@ -139,6 +142,23 @@ class TBDRetinaNet(RetinaNet):
             self._teacher = FrozenTeacher.build(self.teacher_cfg, self)
         return self._teacher
 
+    def _ema_update(self, name: str, value: float, initial_value: float, momentum: float = 0.9):
+        """
+        RetinaNet's loss normalizer (an EMA of the number of foreground anchors, starting at 100),
+        made independent of the number of processes. In detectron2 each of N processes averages its
+        own count and divides its share of the batch's losses by it, so while the EMA is near its
+        initial value the losses, and their gradients, are up to N times smaller than one process's
+        on the same total batch. Here the EMA follows the count of the whole batch and each process
+        divides by 1/N of it: the mean of the processes' losses (what DDP averages and what is
+        logged) is the one-process loss.
+        """
+        world = comm.get_world_size()
+        if name != "loss_normalizer" or world == 1:
+            return super()._ema_update(name, value, initial_value, momentum)
+        total = torch.tensor(float(value), device=self.device)
+        dist.all_reduce(total)
+        return super()._ema_update(name, total.item(), initial_value, momentum) / world
+
     def forward_training(self, images, features, predictions, gt_instances):
         pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
             predictions, [self.num_classes, 4]
@@ -219,9 +239,10 @@ class TBDRetinaNet(RetinaNet):
             else:
                 cls_masks = [logits.new_ones((logits.shape[0], h, w)) for h, w in level_shapes]
                 reg_masks = cls_masks
+            # from the losses of the whole batch (all processes)
             w_cls, w_reg = balance_weights(
-                task_losses["loss_cls"],
-                task_losses["loss_box_reg"],
+                mean_over_processes(task_losses["loss_cls"]),
+                mean_over_processes(task_losses["loss_box_reg"]),
                 self.tfd_balance,
                 self.tfd_cls_ratio,
             )

@@ -44,7 +44,8 @@ def quality_focal_loss(logits: Tensor, targets: Tensor, beta: float) -> Tensor:
     Zero exactly where sigmoid(z) == t. Any shape; returns the same shape.
     """
     bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    return bce * (logits.sigmoid() - targets).abs().pow(beta)
+    gap = logits.sigmoid() - targets
+    return bce * (gap.square() if beta == 2 else gap.abs().pow(beta))
 
 
 class HarmonyDistillationLoss(nn.Module):
@@ -103,22 +104,21 @@ class HarmonyDistillationLoss(nn.Module):
         targets = teacher_logits.sigmoid()
         if self.target == "teacher":
             return targets
-        num_classes = targets.shape[-1]
-        foreground = (gt_labels >= 0) & (gt_labels < num_classes)
-        at_gt_class = F.one_hot(gt_labels.clamp(0, num_classes - 1), num_classes).bool()
-        at_gt_class &= foreground.unsqueeze(-1)
+        classes = torch.arange(targets.shape[-1], device=targets.device)
+        # labels -1 (ignore) and K (background) match no class: only foreground anchors change
+        at_gt_class = gt_labels.unsqueeze(-1) == classes
         return torch.where(at_gt_class, harmonized_score.unsqueeze(-1), targets)
 
     def classification_loss(
         self, student_logits: Tensor, targets: Tensor, gt_labels: Tensor
     ) -> Tensor:
         num_classes = student_logits.shape[-1]
-        valid = (gt_labels >= 0).unsqueeze(-1)
+        valid = gt_labels >= 0
         num_foreground = ((gt_labels >= 0) & (gt_labels < num_classes)).sum()
         # over all processes: sum over the whole batch / max(#foreground of the whole batch, 1)
         num_foreground = mean_over_processes(num_foreground).clamp(min=1 / comm.get_world_size())
-        loss = quality_focal_loss(student_logits, targets, self.beta)
-        return torch.where(valid, loss, loss.new_zeros(())).sum() / num_foreground
+        per_anchor = quality_focal_loss(student_logits, targets, self.beta).sum(-1)
+        return torch.where(valid, per_anchor, per_anchor.new_zeros(())).sum() / num_foreground
 
     def regression_loss(
         self,

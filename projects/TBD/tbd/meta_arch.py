@@ -215,7 +215,7 @@ class TBDRetinaNet(RetinaNet):
         scale = self._warmup_factor()
         weights = {k: scale * v for k, v in self.loss_weights.items()}
         storage = get_event_storage()
-        losses = {}
+        losses, diagnostics = {}, {}
         if self.hd_loss is not None:
             targets = self.hd_loss.classification_targets(
                 t_logits, gt_labels, (t_cls_quality * t_loc_quality).sqrt()
@@ -249,22 +249,20 @@ class TBDRetinaNet(RetinaNet):
             losses["loss_tfd"] = weights["loss_tfd"] * self.tfd_loss(
                 features, teacher.features, cls_masks, reg_masks, w_cls, w_reg
             )
-            storage.put_scalars(**{"tbd/w_cls": w_cls, "tbd/w_reg": w_reg})
+            diagnostics.update({"tbd/w_cls": w_cls, "tbd/w_reg": w_reg})
         s_cls_quality = classification_quality(logits.detach(), gt_labels)
         s_loc_quality = localization_quality(
             deltas.detach(), anchors, gt_boxes, self.box2box_transform
         )
-        storage.put_scalars(
-            **{
-                "tbd/harmony_teacher": harmonious_fraction(
-                    t_cls_quality, t_loc_quality, foreground, self.harmony_delta
-                ),
-                "tbd/harmony_student": harmonious_fraction(
-                    s_cls_quality, s_loc_quality, foreground, self.harmony_delta
-                ),
-                "tbd/warmup_factor": scale,
-            }
+        diagnostics["tbd/harmony_teacher"] = harmonious_fraction(
+            t_cls_quality, t_loc_quality, foreground, self.harmony_delta
         )
+        diagnostics["tbd/harmony_student"] = harmonious_fraction(
+            s_cls_quality, s_loc_quality, foreground, self.harmony_delta
+        )
+        # one host sync for all logged tensors
+        values = torch.stack([v.float() for v in diagnostics.values()]).tolist()
+        storage.put_scalars(**dict(zip(diagnostics, values)), **{"tbd/warmup_factor": scale})
         return losses
 
     def _warmup_factor(self) -> float:

@@ -190,3 +190,12 @@ def test_non_finite_distillation_loss_is_named(teacher_weights):
     model.load_teacher().model.head.cls_score.bias.data.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match=r"loss_hd_cls.* at iteration 7"):
         train_step(model, make_batch(), iteration=7)
+
+
+def test_coco_paper_config_builds_with_model_zoo_teacher():
+    cfg = load_cfg(os.path.join(REPO, "configs/COCO/tbd_R50_from_R101_1x.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    assert isinstance(model, TBDRetinaNet) and model.distills
+    assert model.teacher_cfg.MODEL.RESNETS.DEPTH == 101
+    assert isinstance(model.tfd_loss.adapter, torch.nn.Identity)  # both FPNs are 256 wide

@@ -65,6 +65,20 @@ def student_cfg(teacher_weights, opts=()):
     )
 
 
+def tiny_synthetic_opts(root, num_train=8, num_val=2, image_size=64):
+    """Config opts for a tiny synthetic dataset under ``root`` (generated on first use)."""
+    return [
+        "DATASETS.SYNTHETIC.ROOT",
+        str(root),
+        "DATASETS.SYNTHETIC.NUM_TRAIN",
+        str(num_train),
+        "DATASETS.SYNTHETIC.NUM_VAL",
+        str(num_val),
+        "DATASETS.SYNTHETIC.IMAGE_SIZE",
+        str(image_size),
+    ]
+
+
 def make_batch(num_images=2, size=64, num_boxes=(3, 0), seed=0):
     """A training batch in the format of DatasetMapper: random images and random boxes."""
     g = torch.Generator().manual_seed(seed)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 import torch
-from conftest import REPO, STUDENT_CONFIG, TEACHER_CONFIG
+from conftest import REPO, STUDENT_CONFIG, TEACHER_CONFIG, tiny_synthetic_opts
 
 sys.path.insert(0, REPO)
 import train_net  # noqa: E402
@@ -118,14 +118,7 @@ def _train(out, teacher_weights, data_root, num_gpus):
         # BN statistics synchronized over the processes (the 1-process run uses plain BN)
         "MODEL.RESNETS.NORM",
         "naiveSyncBN",
-        "DATASETS.SYNTHETIC.ROOT",
-        str(data_root),
-        "DATASETS.SYNTHETIC.NUM_TRAIN",
-        "16",
-        "DATASETS.SYNTHETIC.NUM_VAL",
-        "2",
-        "DATASETS.SYNTHETIC.IMAGE_SIZE",
-        "64",
+        *tiny_synthetic_opts(str(data_root), num_train=16),
         "DATASETS.TEST",
         "()",
         "INPUT.RANDOM_FLIP",

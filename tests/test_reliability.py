@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, STUDENT_CONFIG, TEACHER_CONFIG, student_cfg
+from conftest import REPO, STUDENT_CONFIG, TEACHER_CONFIG, student_cfg, tiny_synthetic_opts
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser
 from detectron2.solver import build_lr_scheduler
@@ -492,14 +492,7 @@ def test_kill_and_resume(teacher_weights, tmp_path):
         TEACHER_CONFIG,
         "MODEL.TBD.TEACHER.WEIGHTS",
         teacher_weights,
-        "DATASETS.SYNTHETIC.ROOT",
-        str(tmp_path / "data"),
-        "DATASETS.SYNTHETIC.NUM_TRAIN",
-        "8",
-        "DATASETS.SYNTHETIC.NUM_VAL",
-        "2",
-        "DATASETS.SYNTHETIC.IMAGE_SIZE",
-        "64",
+        *tiny_synthetic_opts(str(tmp_path / "data"), num_train=8),
         "DATASETS.TEST",
         "()",
         "SOLVER.MAX_ITER",

@@ -30,15 +30,15 @@ METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="output/demo")
-    p.add_argument("--teacher-iters", type=int, default=None, help="default 700 (toy: 4)")
-    p.add_argument("--student-iters", type=int, default=None, help="default 600 (toy: 4)")
+    p.add_argument("--teacher-iters", type=int, default=None, help="default 1000 (toy: 4)")
+    p.add_argument("--student-iters", type=int, default=None, help="default 500 (toy: 4)")
     p.add_argument("--toy", action="store_true", help="tiny data, models and schedule (tests)")
     p.add_argument("--retrain-teacher", action="store_true")
     args = p.parse_args(argv)
     if args.teacher_iters is None:
-        args.teacher_iters = 4 if args.toy else 700
+        args.teacher_iters = 4 if args.toy else 1000
     if args.student_iters is None:
-        args.student_iters = 4 if args.toy else 600
+        args.student_iters = 4 if args.toy else 500
     return args
 
 
@@ -62,7 +62,7 @@ def stages(args):
         data += ["DATASETS.TEST", "('tbd_synthetic_val',)"]
     else:
         configs = {
-            "teacher": "configs/Synthetic/teacher_R50.yaml",
+            "teacher": "configs/Synthetic/teacher_R34.yaml",
             "baseline": "configs/Synthetic/student_R18.yaml",
             "tbd": "configs/Synthetic/tbd_R18.yaml",
         }
@@ -178,7 +178,7 @@ def write_report(args, results, commands, harmony, elapsed):
     import detectron2
 
     path = os.path.join(args.output, "report.md")
-    names = {"teacher": "teacher R50", "baseline": "student R18", "tbd": "student R18 + TBD"}
+    names = {"teacher": "teacher R34", "baseline": "student R18", "tbd": "student R18 + TBD"}
     lines = [
         "# TBD demo report",
         "",

@@ -1,0 +1,598 @@
+#!/usr/bin/env python
+"""
+The ablation benchmark: every row of docs/method.md's "Baselines are switches" table, trained for
+several seeds on the synthetic dataset and evaluated with COCOEvaluator on its val split.
+
+    baseline        student_R18.yaml         no distillation
+    feature_mimic   feature_mimic_R18.yaml   FitNet: HD off, TFD over every location, fixed balance
+    logit_kd        logit_kd_R18.yaml        TFD off, HD with the teacher's raw scores, uniform reg.
+    hd_only         hd_only_R18.yaml         Harmony Distillation only
+    tfd_only        tfd_only_R18.yaml        Task-decoupled Feature Distillation only
+    tbd             tbd_R18.yaml             HD + TFD (the full method)
+
+(configs in configs/Synthetic/).
+
+One teacher (configs/Synthetic/teacher_R50.yaml, seed 0) is trained first, or reused when its
+model_final.pth exists. Every run is ``python train_net.py --config-file ROW.yaml SEED s
+SOLVER.MAX_ITER n SOLVER.STEPS (0.75 n, 0.9 n) OUTPUT_DIR <output>/ROW/seed_s
+MODEL.TBD.TEACHER.WEIGHTS <teacher>`` in a subprocess; finished runs (model_final.pth and an
+evaluation in metrics.json, made by the same command) are reused, so an interrupted benchmark
+continues where it stopped (``--force`` trains them again). It writes ``<results>.json`` (every
+number, the command line, versions, machine, date, git commit) and ``<results>.md`` (the table and
+the targets, PASS / FAIL), which is generated and never edited by hand.
+
+The val split is the test data: this tool only reports on it and tunes nothing.
+
+    python tools/benchmark_ablation.py                          # 6 rows x 3 seeds (hours on CPU)
+    python tools/benchmark_ablation.py --rows baseline tbd --seeds 0
+    python tools/benchmark_ablation.py --toy --seeds 0 1        # seconds: tiny data and models
+
+Relative paths (--output, --results) are relative to the repo root, like the paths in configs.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Dict, List, Optional, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run_demo import load_cfg, read_metrics, run_stage  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (row, label, full-size config); the order of the table
+ROWS = [
+    ("baseline", "baseline (no distillation)", "configs/Synthetic/student_R18.yaml"),
+    ("feature_mimic", "feature mimic (FitNet)", "configs/Synthetic/feature_mimic_R18.yaml"),
+    ("logit_kd", "logit KD", "configs/Synthetic/logit_kd_R18.yaml"),
+    ("hd_only", "HD only", "configs/Synthetic/hd_only_R18.yaml"),
+    ("tfd_only", "TFD only", "configs/Synthetic/tfd_only_R18.yaml"),
+    ("tbd", "TBD (HD + TFD)", "configs/Synthetic/tbd_R18.yaml"),
+]
+ROW_NAMES = [r[0] for r in ROWS]
+LABELS = {r[0]: r[1] for r in ROWS}
+CONFIGS = {r[0]: r[2] for r in ROWS}
+TEACHER_CONFIG = "configs/Synthetic/teacher_R50.yaml"
+TOY_TEACHER_CONFIG = "configs/quick_schedules/teacher_instant_test.yaml"
+TOY_STUDENT_CONFIG = "configs/quick_schedules/tbd_instant_test.yaml"
+# The keys that make a row what it is; --toy applies a row's values of them (relative to
+# tbd_R18.yaml) to the quick-schedule TBD student.
+SWITCHES = [
+    "MODEL.TBD.HD.ENABLED",
+    "MODEL.TBD.HD.TARGET",
+    "MODEL.TBD.HD.REG_WEIGHTING",
+    "MODEL.TBD.TFD.ENABLED",
+    "MODEL.TBD.TFD.MASK",
+    "MODEL.TBD.TFD.BALANCE",
+    "MODEL.TBD.TFD.CLS_RATIO",
+]
+SEED_METRICS = ["AP", "AP50", "AP75", "APs", "APm"]
+
+# The targets of the "Targets" section
+TARGET_GAIN = 3.0  # TBD AP >= baseline AP + 3.0
+TARGET_GAP_CLOSED = 0.5  # TBD closes >= 50% of the teacher - baseline gap
+TARGET_STD_FACTOR = 3.0  # TBD's gain > 3 x the larger seed std of TBD and baseline
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default 0 1 2")
+    p.add_argument("--iters", type=int, default=None, help="student schedule (default 1500, toy 4)")
+    p.add_argument("--teacher-iters", type=int, default=None, help="default 3000 (toy: 4)")
+    p.add_argument("--rows", nargs="+", choices=ROW_NAMES, default=None, help="default: all")
+    p.add_argument("--output", default=None, help="default output/ablation (toy: ..._toy)")
+    p.add_argument(
+        "--results",
+        default=None,
+        help="path of the results without extension: writes .json and .md "
+        "(default docs/results/synthetic; toy: <output>/ablation)",
+    )
+    p.add_argument("--toy", action="store_true", help="tiny data, models and schedule (tests)")
+    p.add_argument("--force", action="store_true", help="train finished runs again")
+    p.add_argument(
+        "--retrain-teacher",
+        action="store_true",
+        help="train the teacher again even when its model_final.pth exists (implies --force)",
+    )
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.iters is None:
+        args.iters = 4 if args.toy else 1500
+    if args.teacher_iters is None:
+        args.teacher_iters = 4 if args.toy else 3000
+    if args.output is None:
+        args.output = "output/ablation_toy" if args.toy else "output/ablation"
+    if args.results is None:
+        args.results = (
+            os.path.join(args.output, "ablation") if args.toy else "docs/results/synthetic"
+        )
+    args.rows = [r for r in ROW_NAMES if args.rows is None or r in args.rows]
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds has duplicates: {args.seeds}")
+    if min(args.iters, args.teacher_iters) < 1:
+        p.error("--iters and --teacher-iters must be positive")
+    args.force = args.force or args.retrain_teacher
+    return args
+
+
+def in_repo(path: str) -> str:
+    """A path as the training subprocesses (run in the repo root) see it."""
+    return os.path.join(REPO, path)
+
+
+def schedule(iters: int) -> List[str]:
+    """MAX_ITER and the LR steps at 0.75 and 0.9 of it; duplicate steps (short schedules) merged,
+    as detectron2's MultiStepParamScheduler refuses a repeated milestone."""
+    steps = tuple(sorted({s for s in (int(iters * 0.75), int(iters * 0.9)) if 0 < s < iters}))
+    return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(steps)]
+
+
+def distills(cfg) -> bool:
+    tbd = cfg.MODEL.TBD
+    return cfg.MODEL.META_ARCHITECTURE == "TBDRetinaNet" and (tbd.HD.ENABLED or tbd.TFD.ENABLED)
+
+
+def _get(cfg, key: str):
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def toy_switches(row: str) -> List[str]:
+    """The opts that turn the quick-schedule TBD student into ``row``: its values of
+    :data:`SWITCHES` that differ from tbd_R18.yaml's (or a plain RetinaNet for a row that does not
+    distill). Read from the row's own config file, so that toy and full runs cannot disagree."""
+    cfg, tbd = load_cfg(CONFIGS[row], []), load_cfg(CONFIGS["tbd"], [])
+    if not distills(cfg):
+        return ["MODEL.META_ARCHITECTURE", cfg.MODEL.META_ARCHITECTURE]
+    return [x for k in SWITCHES if _get(cfg, k) != _get(tbd, k) for x in (k, str(_get(cfg, k)))]
+
+
+def toy_data(output: str) -> List[str]:
+    """A tiny synthetic dataset under the output directory, like run_demo's toy mode."""
+    data = ["DATASETS.SYNTHETIC.ROOT", os.path.join(output, "data")]
+    data += ["DATASETS.SYNTHETIC.NUM_TRAIN", "12", "DATASETS.SYNTHETIC.NUM_VAL", "4"]
+    data += ["DATASETS.SYNTHETIC.IMAGE_SIZE", "64"]
+    data += [
+        "DATASETS.TRAIN",
+        "('tbd_synthetic_train',)",
+        "DATASETS.TEST",
+        "('tbd_synthetic_val',)",
+    ]
+    return data
+
+
+def plan(args):
+    """The teacher stage and the runs: dicts with name, row, seed, config and opts. Paths in opts
+    are as given (relative to the repo root, where the subprocesses run)."""
+    out = args.output
+    teacher_weights = os.path.join(out, "teacher", "model_final.pth")
+    data = toy_data(out) if args.toy else []
+    teacher = {
+        "name": "teacher",
+        "row": "teacher",
+        "seed": 0,
+        "config": TOY_TEACHER_CONFIG if args.toy else TEACHER_CONFIG,
+        "opts": data
+        + ["SEED", "0"]
+        + schedule(args.teacher_iters)
+        + ["OUTPUT_DIR", os.path.join(out, "teacher")],
+    }
+    runs = []
+    for row in args.rows:
+        row_distills = distills(load_cfg(CONFIGS[row], []))
+        switches = toy_switches(row) if args.toy else []
+        for seed in args.seeds:
+            name = f"{row}/seed_{seed}"
+            opts = data + ["SEED", str(seed)] + schedule(args.iters)
+            opts += ["OUTPUT_DIR", os.path.join(out, row, f"seed_{seed}")]
+            opts += switches
+            if row_distills:
+                opts += ["MODEL.TBD.TEACHER.WEIGHTS", teacher_weights]
+                if args.toy:
+                    opts += ["MODEL.TBD.TEACHER.CONFIG_FILE", TOY_TEACHER_CONFIG]
+                    opts += ["MODEL.TBD.WARMUP_ITERS", str(max(1, args.iters // 6))]
+            config = TOY_STUDENT_CONFIG if args.toy else CONFIGS[row]
+            runs.append({"name": name, "row": row, "seed": seed, "config": config, "opts": opts})
+    return teacher, runs
+
+
+def command(stage) -> List[str]:
+    """The train_net.py command line of a stage, as run_stage records it in command.json."""
+    return ["train_net.py", "--config-file", stage["config"], *stage["opts"]]
+
+
+def recorded_command(stage_dir: str) -> Optional[List[str]]:
+    path = os.path.join(stage_dir, "command.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("command")
+
+
+def metrics_of(stage_dir: str) -> Dict:
+    """run_demo.read_metrics, or no metrics when the stage has no metrics.json (a teacher
+    checkpoint placed by hand)."""
+    if not os.path.isfile(os.path.join(stage_dir, "metrics.json")):
+        return {"bbox": {}, "s_per_iter": float("nan")}
+    return read_metrics(stage_dir)
+
+
+def finished(stage_dir: str) -> bool:
+    """model_final.pth exists and metrics.json holds an evaluation."""
+    metrics = os.path.join(stage_dir, "metrics.json")
+    if not (os.path.isfile(os.path.join(stage_dir, "model_final.pth")) and os.path.isfile(metrics)):
+        return False
+    return bool(read_metrics(stage_dir)["bbox"])
+
+
+def check_same_command(stage, stage_dir: str, hint: str) -> None:
+    recorded = recorded_command(stage_dir)
+    if recorded is not None and recorded != command(stage):
+        raise SystemExit(
+            f"[ablation] {stage['name']}: {stage_dir} was trained by a different command:\n"
+            f"  recorded: {shlex.join(recorded)}\n  planned:  {shlex.join(command(stage))}\n"
+            f"Use {hint} to train it again, or another --output."
+        )
+
+
+def clear_stage(stage_dir: str) -> None:
+    """Remove a stage's previous results before it trains (detectron2 appends to metrics.json)."""
+    for name in ("model_final.pth", "metrics.json", "command.json", "last_checkpoint"):
+        path = os.path.join(stage_dir, name)
+        if os.path.isfile(path):
+            os.remove(path)
+
+
+def _fmt_minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def train_all(args, teacher, runs) -> Dict[str, float]:
+    """Train the teacher (unless reusable) and every unfinished run. Returns the wall time in
+    seconds of each stage trained now."""
+    out = in_repo(args.output)
+    start = time.time()
+    durations: Dict[str, float] = {}
+
+    teacher_dir = os.path.join(out, "teacher")
+    if os.path.isfile(os.path.join(teacher_dir, "model_final.pth")) and not args.retrain_teacher:
+        check_same_command(teacher, teacher_dir, "--retrain-teacher")
+        print(f"[ablation] teacher: reusing {os.path.join(teacher_dir, 'model_final.pth')}")
+    else:
+        clear_stage(teacher_dir)
+        t0 = time.time()
+        run_stage("teacher", teacher["config"], teacher["opts"], out)
+        durations["teacher"] = time.time() - t0
+
+    student_times: List[float] = []
+    for i, run in enumerate(runs):
+        run_dir = os.path.join(out, run["row"], f"seed_{run['seed']}")
+        elapsed = time.time() - start
+        remaining = len(runs) - i
+        eta = (
+            _fmt_minutes(statistics.mean(student_times) * remaining)
+            if student_times
+            else "unknown (no run timed yet)"
+        )
+        head = f"[ablation] {run['name']} (run {i + 1} of {len(runs)})"
+        if not args.force and finished(run_dir):
+            check_same_command(run, run_dir, "--force")
+            print(f"{head}: finished before, reused; elapsed {_fmt_minutes(elapsed)}", flush=True)
+            continue
+        print(f"{head}, elapsed {_fmt_minutes(elapsed)}, ETA {eta}", flush=True)
+        clear_stage(run_dir)
+        t0 = time.time()
+        run_stage(run["name"], run["config"], run["opts"], out)
+        durations[run["name"]] = time.time() - t0
+        student_times.append(durations[run["name"]])
+        if not finished(run_dir):
+            raise SystemExit(f"[ablation] {run['name']}: no evaluation in {run_dir}/metrics.json")
+    return durations
+
+
+def _mean(values: Sequence[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.mean(values) if values else float("nan")
+
+
+def _std(values: Sequence[float]) -> float:
+    """Sample standard deviation over seeds; NaN with fewer than 2 seeds (unknown, not 0)."""
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.stdev(values) if len(values) >= 2 else float("nan")
+
+
+def summarize(args, runs) -> Dict[str, Dict]:
+    """Per row: the per-seed COCO metrics (and s/iter), and mean / std over seeds."""
+    rows: Dict[str, Dict] = {}
+    for run in runs:
+        metrics = read_metrics(
+            in_repo(os.path.join(args.output, run["row"], f"seed_{run['seed']}"))
+        )
+        per_seed = {m: float(metrics["bbox"].get(m, float("nan"))) for m in SEED_METRICS}
+        per_seed["s_per_iter"] = metrics["s_per_iter"]
+        per_seed["command"] = shlex.join(["python"] + command(run))
+        row = rows.setdefault(
+            run["row"],
+            {"label": LABELS[run["row"]], "config": CONFIGS[run["row"]], "seeds": {}},
+        )
+        row["seeds"][str(run["seed"])] = per_seed
+    for row in rows.values():
+        for m in ("AP", "AP50", "AP75"):
+            row[f"{m}_mean"] = _mean([s[m] for s in row["seeds"].values()])
+        row["AP_std"] = _std([s["AP"] for s in row["seeds"].values()])
+    baseline = rows.get("baseline", {}).get("AP_mean", float("nan"))
+    for row in rows.values():
+        row["gain_over_baseline"] = row["AP_mean"] - baseline
+    return rows
+
+
+def evaluate_targets(rows: Dict[str, Dict[str, float]], teacher_ap: float) -> List[Dict]:
+    """
+    The benchmark's targets, from mean AP over seeds (``rows[row]["mean"]``) and its seed standard
+    deviation (``rows[row]["std"]``, NaN with one seed) of the rows present, and the teacher's AP.
+
+    Returns one dict per target: ``target`` (the statement), ``status`` ("PASS", "FAIL", or "N/A"
+    when a number it needs is missing: a row not run, one seed, an unknown teacher AP) and
+    ``detail`` (the numbers). A teacher not better than the baseline leaves no gap to close: that
+    target FAILs (it is never divided by).
+    """
+
+    def ap(row):
+        value = rows.get(row, {}).get("mean", float("nan"))
+        return float("nan") if value is None else float(value)
+
+    def std(row):
+        value = rows.get(row, {}).get("std", float("nan"))
+        return float("nan") if value is None else float(value)
+
+    def result(target, passed, detail):
+        status = "N/A" if passed is None else ("PASS" if passed else "FAIL")
+        return {"target": target, "status": status, "detail": detail}
+
+    def missing(*values):
+        return any(v is None or math.isnan(v) for v in values)
+
+    base, tbd = ap("baseline"), ap("tbd")
+    gain = tbd - base
+    out = []
+
+    target = f"TBD AP >= baseline AP + {TARGET_GAIN:.1f}"
+    if missing(base, tbd):
+        out.append(result(target, None, "needs the baseline and TBD rows"))
+    else:
+        detail = (
+            f"TBD {tbd:.2f} - baseline {base:.2f} = {gain:+.2f} AP (needs >= +{TARGET_GAIN:.1f})"
+        )
+        out.append(result(target, gain >= TARGET_GAIN, detail))
+
+    target = f"TBD closes >= {TARGET_GAP_CLOSED:.0%} of the teacher - baseline gap"
+    if missing(base, tbd, teacher_ap):
+        out.append(result(target, None, "needs the baseline and TBD rows and the teacher's AP"))
+    else:
+        gap = teacher_ap - base
+        if gap <= 0:
+            detail = f"teacher {teacher_ap:.2f} is not above baseline {base:.2f}: no gap to close"
+            out.append(result(target, False, detail))
+        else:
+            closed = gain / gap
+            detail = (
+                f"(TBD - baseline) / (teacher - baseline) = {gain:+.2f} / {gap:.2f} = "
+                f"{closed:.0%} (needs >= {TARGET_GAP_CLOSED:.0%})"
+            )
+            out.append(result(target, closed >= TARGET_GAP_CLOSED, detail))
+
+    target = f"TBD's gain > {TARGET_STD_FACTOR:g} x the seed std (larger of TBD's and baseline's)"
+    noise = max(std("tbd"), std("baseline"))
+    if missing(base, tbd):
+        out.append(result(target, None, "needs the baseline and TBD rows"))
+    elif missing(std("tbd"), std("baseline")):
+        out.append(result(target, None, "needs >= 2 seeds of the baseline and TBD rows"))
+    else:
+        detail = (
+            f"gain {gain:+.2f} vs {TARGET_STD_FACTOR:g} x max(std TBD {std('tbd'):.2f}, "
+            f"std baseline {std('baseline'):.2f}) = {TARGET_STD_FACTOR * noise:.2f}"
+        )
+        out.append(result(target, gain > TARGET_STD_FACTOR * noise, detail))
+
+    for row, label in (("hd_only", "HD only"), ("tfd_only", "TFD only")):
+        target = f"{label} AP > baseline AP"
+        if missing(ap(row), base):
+            out.append(result(target, None, f"needs the {label} and baseline rows"))
+        else:
+            detail = f"{label} {ap(row):.2f} vs baseline {base:.2f} ({ap(row) - base:+.2f})"
+            out.append(result(target, ap(row) > base, detail))
+
+    for row, label in (("feature_mimic", "feature mimic"), ("logit_kd", "logit KD")):
+        target = f"{label} AP < TBD AP"
+        if missing(ap(row), tbd):
+            out.append(result(target, None, f"needs the {label} and TBD rows"))
+        else:
+            detail = f"{label} {ap(row):.2f} vs TBD {tbd:.2f} ({ap(row) - tbd:+.2f})"
+            out.append(result(target, ap(row) < tbd, detail))
+    return out
+
+
+def _git(*cmd) -> Optional[str]:
+    try:
+        return subprocess.run(
+            ["git", *cmd], cwd=REPO, capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> Dict:
+    import detectron2
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "detectron2": detectron2.__version__,
+        },
+        "machine": {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()},
+    }
+
+
+def _nan_to_none(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def _f(value, spec=".1f") -> str:
+    return "n/a" if value is None or math.isnan(value) else format(value, spec)
+
+
+def write_results(args, teacher, rows, targets, durations, elapsed) -> Dict:
+    """Write <results>.json and <results>.md; return the json's content."""
+    invocation = shlex.join(["python", "tools/benchmark_ablation.py", *args.argv])
+    teacher_metrics = metrics_of(in_repo(os.path.join(args.output, "teacher")))
+    teacher_dir = in_repo(os.path.join(args.output, "teacher"))
+    recorded = recorded_command(teacher_dir)
+    report = {
+        "generated_by": invocation,
+        **environment(),
+        "settings": {
+            "toy": args.toy,
+            "seeds": args.seeds,
+            "student_iters": args.iters,
+            "teacher_iters": args.teacher_iters,
+            "rows": args.rows,
+            "output": args.output,
+            "test_dataset": "tbd_synthetic_val",
+            "note": "the val split is the test data: reported on only, nothing tuned on it",
+        },
+        "teacher": {
+            "config": teacher["config"],
+            "weights": os.path.join(args.output, "teacher", "model_final.pth"),
+            "command": shlex.join(["python"] + recorded) if recorded else None,
+            "AP": teacher_metrics["bbox"].get("AP", float("nan")),
+            "bbox": {m: teacher_metrics["bbox"].get(m, float("nan")) for m in SEED_METRICS},
+            "s_per_iter": teacher_metrics["s_per_iter"],
+        },
+        "rows": rows,
+        "targets": targets,
+        "wall_seconds": {"total": elapsed, **durations},
+    }
+    base = in_repo(args.results)
+    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
+    with open(base + ".json", "w") as f:
+        json.dump(_nan_to_none(report), f, indent=2)
+        f.write("\n")
+    with open(base + ".md", "w") as f:
+        f.write(markdown(args, report))
+    return report
+
+
+def markdown(args, report) -> str:
+    env, teacher = report, report["teacher"]
+    seeds = ", ".join(str(s) for s in args.seeds)
+    results_dir = os.path.dirname(in_repo(args.results))
+    doc = "docs/benchmark.md"
+    if os.path.commonpath([REPO, results_dir]) == REPO:  # a link that works inside the repo
+        doc = f"[{doc}]({os.path.relpath(in_repo(doc), results_dir)})"
+    lines = [
+        f"# Ablation on the synthetic dataset{' (toy size)' if args.toy else ''}",
+        "",
+        "Generated by the command below; do not edit by hand (rerun it). What it measures and the "
+        f"rules it follows: {doc}.",
+        "",
+        f"    {report['generated_by']}",
+        "",
+        f"{env['date']}; git commit {env['git_commit'] or 'unknown'}"
+        f"{' (with uncommitted changes)' if env['git_dirty'] else ''}; "
+        f"{env['machine']['cpu']}, {env['machine']['cores']} cores; torch "
+        f"{env['versions']['torch']}, detectron2 {env['versions']['detectron2']}; "
+        f"{report['wall_seconds']['total'] / 60:.1f} min.",
+        "",
+        f"COCO box AP (COCOEvaluator) on `tbd_synthetic_val`, the test data, after "
+        f"{args.iters} student iterations; seeds {seeds}; mean ± sample std over seeds. The "
+        "teacher was trained once (seed 0, "
+        f"{args.teacher_iters} iterations) and teaches every distilled row.",
+        "",
+        f"| row | config | AP (mean ± std) | AP50 | AP75 | AP per seed ({seeds}) "
+        "| gain over baseline |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in args.rows:
+        row = report["rows"][name]
+        per_seed = " / ".join(_f(row["seeds"][str(s)]["AP"]) for s in args.seeds)
+        gain = "—" if name == "baseline" else _f(row["gain_over_baseline"], "+.1f")
+        lines.append(
+            f"| {row['label']} | `{os.path.basename(row['config'])}` | "
+            f"{_f(row['AP_mean'])} ± {_f(row['AP_std'])} | {_f(row['AP50_mean'])} | "
+            f"{_f(row['AP75_mean'])} | {per_seed} | {gain} |"
+        )
+    lines += [
+        "",
+        f"Teacher (`{os.path.basename(teacher['config'])}`): AP {_f(teacher['AP'])}, "
+        f"AP50 {_f(teacher['bbox']['AP50'])}.",
+    ]
+    if args.toy:
+        lines += [
+            "",
+            "Toy size: every row is the quick-schedule test student "
+            f"(`{TOY_STUDENT_CONFIG}`) with the row config's switches, on a tiny dataset; the "
+            "numbers only show that the pipeline runs.",
+        ]
+    lines += ["", "## Targets", "", "| target | result | numbers |", "|---|---|---|"]
+    for t in report["targets"]:
+        lines.append(f"| {t['target']} | **{t['status']}** | {t['detail']} |")
+    passed = sum(t["status"] == "PASS" for t in report["targets"])
+    lines += ["", f"{passed} of {len(report['targets'])} targets pass.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    start = time.time()
+    os.makedirs(in_repo(args.output), exist_ok=True)
+    teacher, runs = plan(args)
+    print(
+        f"[ablation] rows {' '.join(args.rows)}; seeds {' '.join(map(str, args.seeds))}; "
+        f"{args.iters} student / {args.teacher_iters} teacher iterations; {len(runs)} runs",
+        flush=True,
+    )
+    durations = train_all(args, teacher, runs)
+    rows = summarize(args, runs)
+    teacher_ap = metrics_of(in_repo(os.path.join(args.output, "teacher")))["bbox"].get("AP")
+    targets = evaluate_targets(
+        {k: {"mean": r["AP_mean"], "std": r["AP_std"]} for k, r in rows.items()},
+        float("nan") if teacher_ap is None else teacher_ap,
+    )
+    write_results(args, teacher, rows, targets, durations, time.time() - start)
+    print(open(in_repo(args.results) + ".md").read())
+    print(f"[ablation] results: {args.results}.md, {args.results}.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -116,7 +116,8 @@ def test_plan_of_the_full_benchmark():
     assert (args.seeds, args.iters, args.teacher_iters) == ([0, 1, 2], 1500, 3000)
     assert args.rows == bench.ROW_NAMES and args.results == "docs/results/synthetic"
     teacher, runs = bench.plan(args)
-    assert teacher["config"] == "configs/Synthetic/teacher_R50.yaml"
+    tbd = load_cfg(os.path.join(REPO, bench.CONFIGS["tbd"]))
+    assert teacher["config"] == tbd.MODEL.TBD.TEACHER.CONFIG_FILE  # the teacher TBD names
     assert _opt(teacher["opts"], "SEED") == "0"
     assert _opt(teacher["opts"], "SOLVER.MAX_ITER") == "3000"
     assert len(runs) == 6 * 3

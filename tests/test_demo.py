@@ -1,4 +1,5 @@
 """The README's demo pipeline at toy size: three trainings, evaluation, report and picture."""
+
 import os
 import sys
 
@@ -15,7 +16,7 @@ def test_demo_pipeline_at_toy_size(tmp_path):
     out = str(tmp_path / "demo")
     run_demo.main(["--toy", "--output", out])
     report = open(os.path.join(out, "report.md")).read()
-    for row in ("| teacher R34 |", "| student R18 |", "| student R18 + TBD |"):
+    for row in ("| teacher R18-wide |", "| student R18 |", "| student R18 + TBD |"):
         assert row in report
     assert "TBD - baseline:" in report and "python train_net.py" in report
     with Image.open(os.path.join(out, "detections.png")) as picture:

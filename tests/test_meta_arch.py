@@ -10,7 +10,7 @@ from detectron2.utils.events import EventStorage
 from tbd import TBDRetinaNet
 
 CONFIGS = [
-    "configs/Synthetic/teacher_R34.yaml",
+    "configs/Synthetic/teacher_R18_wide.yaml",
     "configs/Synthetic/student_R18.yaml",
     "configs/quick_schedules/teacher_instant_test.yaml",
 ]

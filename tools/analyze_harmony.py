@@ -3,8 +3,8 @@
 Harmony analysis: how often a detector's classification score agrees with the IoU of its box
 (|s - u| <= delta), for one model or a teacher and a student, on a registered dataset split.
 
-    python tools/analyze_harmony.py --config-file configs/Synthetic/teacher_R34.yaml \
-        --weights output/synthetic/teacher_R34/model_final.pth \
+    python tools/analyze_harmony.py --config-file configs/Synthetic/teacher_R18_wide.yaml \
+        --weights output/synthetic/teacher_R18_wide/model_final.pth \
         --compare-config configs/Synthetic/student_R18.yaml \
         --compare-weights output/synthetic/student_R18/model_final.pth --output output/harmony
 

@@ -12,14 +12,17 @@ several seeds on the synthetic dataset and evaluated with COCOEvaluator on its v
 
 (configs in configs/Synthetic/).
 
-One teacher (configs/Synthetic/teacher_R50.yaml, seed 0) is trained first, or reused when its
-model_final.pth exists. Every run is ``python train_net.py --config-file ROW.yaml SEED s
-SOLVER.MAX_ITER n SOLVER.STEPS (0.75 n, 0.9 n) OUTPUT_DIR <output>/ROW/seed_s
-MODEL.TBD.TEACHER.WEIGHTS <teacher>`` in a subprocess; finished runs (model_final.pth and an
-evaluation in metrics.json, made by the same command) are reused, so an interrupted benchmark
-continues where it stopped (``--force`` trains them again). It writes ``<results>.json`` (every
-number, the command line, versions, machine, date, git commit) and ``<results>.md`` (the table and
-the targets, PASS / FAIL), which is generated and never edited by hand.
+One teacher (the one tbd_R18.yaml names, configs/Synthetic/teacher_R18_wide.yaml; seed 0) is trained
+first, or reused when its model_final.pth exists. Every run is, in a subprocess,
+
+    python train_net.py --config-file ROW.yaml SEED s SOLVER.MAX_ITER n
+        SOLVER.STEPS (0.75 n, 0.9 n) OUTPUT_DIR <output>/ROW/seed_s
+        MODEL.TBD.TEACHER.WEIGHTS <output>/teacher/model_final.pth   (distilled rows)
+
+Finished runs (model_final.pth and an evaluation in metrics.json, made by the same command) are
+reused, so an interrupted benchmark continues where it stopped (``--force`` trains them again). It
+writes ``<results>.json`` (every number, the command line, versions, machine, date, git commit) and
+``<results>.md`` (the table and the targets, PASS / FAIL), which is generated, never edited by hand.
 
 The val split is the test data: this tool only reports on it and tunes nothing.
 
@@ -44,7 +47,7 @@ from datetime import datetime, timezone
 from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run_demo import load_cfg, read_metrics, run_stage  # noqa: E402
+from run_demo import load_cfg, read_metrics, run_stage, schedule  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,7 +63,6 @@ ROWS = [
 ROW_NAMES = [r[0] for r in ROWS]
 LABELS = {r[0]: r[1] for r in ROWS}
 CONFIGS = {r[0]: r[2] for r in ROWS}
-TEACHER_CONFIG = "configs/Synthetic/teacher_R50.yaml"
 TOY_TEACHER_CONFIG = "configs/quick_schedules/teacher_instant_test.yaml"
 TOY_STUDENT_CONFIG = "configs/quick_schedules/tbd_instant_test.yaml"
 # The keys that make a row what it is; --toy applies a row's values of them (relative to
@@ -131,13 +133,6 @@ def in_repo(path: str) -> str:
     return os.path.join(REPO, path)
 
 
-def schedule(iters: int) -> List[str]:
-    """MAX_ITER and the LR steps at 0.75 and 0.9 of it; duplicate steps (short schedules) merged,
-    as detectron2's MultiStepParamScheduler refuses a repeated milestone."""
-    steps = tuple(sorted({s for s in (int(iters * 0.75), int(iters * 0.9)) if 0 < s < iters}))
-    return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(steps)]
-
-
 def distills(cfg) -> bool:
     tbd = cfg.MODEL.TBD
     return cfg.MODEL.META_ARCHITECTURE == "TBDRetinaNet" and (tbd.HD.ENABLED or tbd.TFD.ENABLED)
@@ -173,6 +168,18 @@ def toy_data(output: str) -> List[str]:
     return data
 
 
+def teacher_config() -> str:
+    """The teacher config every distilled row names (MODEL.TBD.TEACHER.CONFIG_FILE)."""
+    names = {
+        row: cfg.MODEL.TBD.TEACHER.CONFIG_FILE
+        for row, cfg in ((row, load_cfg(CONFIGS[row], [])) for row in ROW_NAMES)
+        if distills(cfg)
+    }
+    if len(set(names.values())) != 1:
+        raise SystemExit(f"[ablation] the distilled rows name different teachers: {names}")
+    return names["tbd"]
+
+
 def plan(args):
     """The teacher stage and the runs: dicts with name, row, seed, config and opts. Paths in opts
     are as given (relative to the repo root, where the subprocesses run)."""
@@ -183,7 +190,7 @@ def plan(args):
         "name": "teacher",
         "row": "teacher",
         "seed": 0,
-        "config": TOY_TEACHER_CONFIG if args.toy else TEACHER_CONFIG,
+        "config": TOY_TEACHER_CONFIG if args.toy else teacher_config(),
         "opts": data
         + ["SEED", "0"]
         + schedule(args.teacher_iters)
@@ -273,7 +280,7 @@ def train_all(args, teacher, runs) -> Dict[str, float]:
     else:
         clear_stage(teacher_dir)
         t0 = time.time()
-        run_stage("teacher", teacher["config"], teacher["opts"], out)
+        run_stage("teacher", teacher["config"], teacher["opts"], out, prefix="ablation")
         durations["teacher"] = time.time() - t0
 
     student_times: List[float] = []
@@ -294,7 +301,7 @@ def train_all(args, teacher, runs) -> Dict[str, float]:
         print(f"{head}, elapsed {_fmt_minutes(elapsed)}, ETA {eta}", flush=True)
         clear_stage(run_dir)
         t0 = time.time()
-        run_stage(run["name"], run["config"], run["opts"], out)
+        run_stage(run["name"], run["config"], run["opts"], out, prefix="ablation")
         durations[run["name"]] = time.time() - t0
         student_times.append(durations[run["name"]])
         if not finished(run_dir):

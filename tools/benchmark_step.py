@@ -78,7 +78,7 @@ logger = logging.getLogger("tbd.benchmark_step")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_STUDENT = os.path.join(REPO, "configs/Synthetic/tbd_R18.yaml")
-DEFAULT_TEACHER = os.path.join(REPO, "configs/Synthetic/teacher_R34.yaml")
+DEFAULT_TEACHER = os.path.join(REPO, "configs/Synthetic/teacher_R18_wide.yaml")
 SCHEMA = "tbd-benchmark-step/1"
 
 # The variants measured for time and memory; tbd_losses is timed inside tbd_step.

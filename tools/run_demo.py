@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,13 @@ def parse_args(argv=None):
     return args
 
 
+def schedule(iters: int):
+    """MAX_ITER and the LR steps at 0.75 and 0.9 of it; duplicate steps (short schedules) merged,
+    as detectron2's MultiStepParamScheduler refuses a repeated milestone."""
+    steps = tuple(sorted({s for s in (int(iters * 0.75), int(iters * 0.9)) if 0 < s < iters}))
+    return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(steps)]
+
+
 def stages(args):
     """(name, config file, extra opts) of the three trainings."""
     out = args.output
@@ -62,15 +70,11 @@ def stages(args):
         data += ["DATASETS.TEST", "('tbd_synthetic_val',)"]
     else:
         configs = {
-            "teacher": "configs/Synthetic/teacher_R34.yaml",
+            "teacher": "configs/Synthetic/teacher_R18_wide.yaml",
             "baseline": "configs/Synthetic/student_R18.yaml",
             "tbd": "configs/Synthetic/tbd_R18.yaml",
         }
         data = []
-
-    def schedule(iters):
-        steps = f"({int(iters * 0.75)}, {int(iters * 0.9)})"
-        return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", steps]
 
     result = []
     for name in ("teacher", "baseline", "tbd"):
@@ -86,12 +90,12 @@ def stages(args):
     return result
 
 
-def run_stage(name, config_file, opts, output):
+def run_stage(name, config_file, opts, output, prefix="demo"):
     """Train one model with train_net.py in a subprocess, streaming progress lines."""
     cmd = [sys.executable, "train_net.py", "--config-file", config_file, *opts]
     os.makedirs(os.path.join(output, name), exist_ok=True)
     log_path = os.path.join(output, name, "train.log")
-    print(f"[demo] {name}: {' '.join(cmd[1:])}", flush=True)
+    print(f"[{prefix}] {name}: {shlex.join(cmd[1:])}", flush=True)
     start = time.time()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
@@ -100,13 +104,13 @@ def run_stage(name, config_file, opts, output):
         for line in proc.stdout:
             log.write(line)
             if " eta: " in line or "copypaste" in line or "Error" in line:
-                print(f"[demo] {name} | {line.split(']:')[-1].strip()[:150]}", flush=True)
+                print(f"[{prefix}] {name} | {line.split(']:')[-1].strip()[:150]}", flush=True)
         if proc.wait() != 0:
-            raise SystemExit(f"[demo] {name} failed (exit {proc.returncode}); see {log_path}")
+            raise SystemExit(f"[{prefix}] {name} failed (exit {proc.returncode}); see {log_path}")
     with open(os.path.join(output, name, "command.json"), "w") as f:
         json.dump({"command": cmd[1:]}, f)
-    print(f"[demo] {name}: done in {time.time() - start:.0f} s", flush=True)
-    return " ".join(["python"] + cmd[1:])
+    print(f"[{prefix}] {name}: done in {time.time() - start:.0f} s", flush=True)
+    return shlex.join(["python"] + cmd[1:])
 
 
 def read_metrics(stage_dir):
@@ -142,7 +146,7 @@ def load_cfg(config_file, opts):
     return cfg
 
 
-def detection_picture(models, dataset_name, path, num_images=4, score=0.4):
+def detection_picture(models, dataset_name, path, num_images=4, score=0.2):
     """Rows: ground truth, then each model's detections (score >= ``score``), on val images."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.detection_utils import read_image
@@ -178,7 +182,7 @@ def write_report(args, results, commands, harmony, elapsed):
     import detectron2
 
     path = os.path.join(args.output, "report.md")
-    names = {"teacher": "teacher R34", "baseline": "student R18", "tbd": "student R18 + TBD"}
+    names = {"teacher": "teacher R18-wide", "baseline": "student R18", "tbd": "student R18 + TBD"}
     lines = [
         "# TBD demo report",
         "",
@@ -210,7 +214,7 @@ def write_report(args, results, commands, harmony, elapsed):
         "",
         "![baseline vs TBD detections](detections.png)",
         "",
-        "Rows: ground truth, baseline student, TBD student (detections with score >= 0.4).",
+        "Rows: ground truth, baseline student, TBD student (detections with score >= 0.2).",
         "",
         "## Commands",
         "",
@@ -231,7 +235,9 @@ def main(argv=None):
         final = os.path.join(args.output, name, "model_final.pth")
         if name == "teacher" and os.path.isfile(final) and not args.retrain_teacher:
             print(f"[demo] teacher: reusing {final} (--retrain-teacher to train it again)")
-            commands.append(" ".join(["python", "train_net.py", "--config-file", config_file]))
+            recorded = os.path.join(args.output, name, "command.json")
+            if os.path.isfile(recorded):
+                commands.append(shlex.join(["python"] + json.load(open(recorded))["command"]))
             continue
         commands.append(run_stage(name, config_file, opts, args.output))
 

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Regenerate docs/results/cost.md (never edit it by hand): the cost of a TBD step against its
+# physical floor, at the synthetic scale and at the COCO scale, on this machine. See docs/cost.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+mkdir -p docs/results
+rm -f docs/results/cost.md
+# synthetic scale (the defaults): R18 student, R18-wide teacher, batch 8 (SOLVER.IMS_PER_BATCH), 128 px
+$PY tools/benchmark_step.py --steps 20 --warmup 3 \
+    --output output/cost/synthetic.json --markdown docs/results/cost.md
+# COCO scale: R50 student, R101 teacher, 2 images of 800 x 1333 (one GPU's share of a COCO batch)
+$PY tools/benchmark_step.py \
+    --student-config configs/COCO/tbd_R50_from_R101_1x.yaml --teacher-config '' --device "${DEVICE:-cpu}" \
+    --batch 2 --size 800x1333 --steps 10 --warmup 2 \
+    --output output/cost/coco.json --markdown docs/results/cost.md

@@ -42,7 +42,7 @@ def _check_finite(losses: Dict[str, Tensor]) -> None:
     bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
     raise FloatingPointError(
         f"TBD: {', '.join(bad)} became infinite or NaN at iteration {get_event_storage().iter} "
-        f"(losses: { {k: float(v) for k, v in losses.items()} })"
+        f"(losses: { {k: float(v.detach()) for k, v in losses.items()} })"
     )
 
 

@@ -413,21 +413,19 @@ def evaluate_targets(rows: Dict[str, Dict[str, float]], teacher_ap: float) -> Li
         )
         out.append(result(target, gain > TARGET_STD_FACTOR * noise, detail))
 
-    for row, label in (("hd_only", "HD only"), ("tfd_only", "TFD only")):
-        target = f"{label} AP > baseline AP"
-        if missing(ap(row), base):
-            out.append(result(target, None, f"needs the {label} and baseline rows"))
+    comparisons = (  # row, label, reference label, reference AP, +1: must beat it, -1: stay below
+        ("hd_only", "HD only", "baseline", base, 1),
+        ("tfd_only", "TFD only", "baseline", base, 1),
+        ("feature_mimic", "feature mimic", "TBD", tbd, -1),
+        ("logit_kd", "logit KD", "TBD", tbd, -1),
+    )
+    for row, label, ref_label, ref, sign in comparisons:
+        target = f"{label} AP {'>' if sign > 0 else '<'} {ref_label} AP"
+        if missing(ap(row), ref):
+            out.append(result(target, None, f"needs the {label} and {ref_label} rows"))
         else:
-            detail = f"{label} {ap(row):.2f} vs baseline {base:.2f} ({ap(row) - base:+.2f})"
-            out.append(result(target, ap(row) > base, detail))
-
-    for row, label in (("feature_mimic", "feature mimic"), ("logit_kd", "logit KD")):
-        target = f"{label} AP < TBD AP"
-        if missing(ap(row), tbd):
-            out.append(result(target, None, f"needs the {label} and TBD rows"))
-        else:
-            detail = f"{label} {ap(row):.2f} vs TBD {tbd:.2f} ({ap(row) - tbd:+.2f})"
-            out.append(result(target, ap(row) < tbd, detail))
+            detail = f"{label} {ap(row):.2f} vs {ref_label} {ref:.2f} ({ap(row) - ref:+.2f})"
+            out.append(result(target, sign * (ap(row) - ref) > 0, detail))
     return out
 
 

@@ -11,7 +11,6 @@ import os
 import weakref
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.engine import defaults as d2_defaults
 from detectron2.engine import launch
@@ -19,8 +18,8 @@ from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from tbd import add_tbd_config
 from tbd.checkpoint import AtomicCheckpointer
+from tbd.config import load_tbd_config
 from tbd.datasets import register_datasets
 
 
@@ -76,10 +75,7 @@ class Trainer(DefaultTrainer):
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_tbd_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_tbd_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     # this project's own messages (teacher loading, dataset validation) to the console and log.txt

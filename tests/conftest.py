@@ -4,12 +4,11 @@ import warnings
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 import tbd  # noqa: F401  (registers TBDRetinaNet)
-from tbd import add_tbd_config
+from tbd.config import load_tbd_config
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -18,12 +17,7 @@ TEACHER_CONFIG = os.path.join(REPO, "configs/quick_schedules/teacher_instant_tes
 STUDENT_CONFIG = os.path.join(REPO, "configs/quick_schedules/tbd_instant_test.yaml")
 
 
-def load_cfg(config_file, opts=()):
-    cfg = get_cfg()
-    add_tbd_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    return cfg
+load_cfg = load_tbd_config
 
 
 def save_random_teacher(path, opts=(), seed=0):

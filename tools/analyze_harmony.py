@@ -58,14 +58,9 @@ def parse_args(argv=None):
 
 
 def load_cfg(config_file, opts, weights):
-    from detectron2.config import get_cfg
+    from tbd.config import load_tbd_config
 
-    from tbd import add_tbd_config
-
-    cfg = get_cfg()
-    add_tbd_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = load_tbd_config(config_file, opts)
     if weights is not None:
         cfg.MODEL.WEIGHTS = weights
     return cfg

@@ -60,9 +60,7 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 warnings.filterwarnings("ignore", message="torch.meshgrid")
 
 import torch  # noqa: E402
-from detectron2 import model_zoo  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.solver import build_optimizer  # noqa: E402
@@ -71,7 +69,7 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 from torch import nn  # noqa: E402
 
 import tbd  # noqa: E402,F401  (registers TBDRetinaNet)
-from tbd import add_tbd_config  # noqa: E402
+from tbd.config import load_tbd_config, resolve_config_file  # noqa: E402,F401
 from tbd.teacher import load_teacher_config  # noqa: E402
 
 logger = logging.getLogger("tbd.benchmark_step")
@@ -181,22 +179,9 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------------------ configs, models
 
 
-def resolve_config_file(name: str) -> str:
-    """A config path, or a detectron2 model-zoo config name (its file ships with detectron2)."""
-    if os.path.isfile(name):
-        return name
-    try:
-        return model_zoo.get_config_file(name)
-    except RuntimeError:
-        raise FileNotFoundError(f"{name!r} is neither a file nor a model-zoo config name") from None
-
-
 def build_cfgs(spec: dict):
     """(TBD config, plain RetinaNet config) of the student, both on ``spec["device"]``."""
-    cfg = get_cfg()
-    add_tbd_config(cfg)
-    cfg.merge_from_file(resolve_config_file(spec["student_config"]))
-    cfg.merge_from_list(list(spec["opts"]))
+    cfg = load_tbd_config(spec["student_config"], spec["opts"])
     if spec["teacher_config"]:
         cfg.MODEL.TBD.TEACHER.CONFIG_FILE = spec["teacher_config"]
     if spec["teacher_weights"]:

@@ -39,7 +39,6 @@ import detectron2.data.transforms as T
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.config.instantiate import dump_dataclass
 from detectron2.data import detection_utils
 from detectron2.export import TracingAdapter
@@ -50,7 +49,7 @@ from detectron2.utils.logger import setup_logger
 from PIL import Image
 
 import tbd  # noqa: F401  (registers TBDRetinaNet)
-from tbd import add_tbd_config
+from tbd.config import load_tbd_config
 from tbd.deploy import to_retinanet
 from tbd.synthetic import render_sample
 
@@ -76,10 +75,7 @@ class VerificationError(RuntimeError):
 
 def setup_cfg(config_file: str, opts: Sequence[str] = ()):
     """The student's config: TBD keys, the config file, then ``KEY VALUE`` overrides."""
-    cfg = get_cfg()
-    add_tbd_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = load_tbd_config(config_file, opts)
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.freeze()
     return cfg

@@ -135,15 +135,9 @@ def load_model(config_file, opts, weights):
 
 
 def load_cfg(config_file, opts):
-    from detectron2.config import get_cfg
+    from tbd.config import load_tbd_config
 
-    from tbd import add_tbd_config
-
-    cfg = get_cfg()
-    add_tbd_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, config_file))
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return load_tbd_config(os.path.join(REPO, config_file), opts)
 
 
 def detection_picture(models, dataset_name, path, num_images=4, score=0.2):

@@ -1,4 +1,8 @@
+import os
+
+from detectron2 import model_zoo
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 
 def add_tbd_config(cfg):
@@ -69,3 +73,27 @@ def add_tbd_config(cfg):
     _C.DATASETS.SYNTHETIC.SEED = 0
     # Your own COCO-format datasets, no code edits: ["name=path/to/instances.json:path/to/images"].
     _C.DATASETS.COCO_SPECS = []
+
+
+def resolve_config_file(name: str, key: str = "config file") -> str:
+    """A config path, or a detectron2 model-zoo config name (its file ships with detectron2)."""
+    if os.path.isfile(name):
+        return name
+    try:
+        return model_zoo.get_config_file(name)
+    except RuntimeError:
+        raise FileNotFoundError(
+            f"{key}={name!r} is neither a file nor a detectron2 model-zoo config name"
+        ) from None
+
+
+def load_tbd_config(config_file: str, opts=()):
+    """
+    detectron2's default config with the TBD keys, then ``config_file`` (a path or a model-zoo
+    name) merged, then ``KEY VALUE`` ``opts``. Not frozen.
+    """
+    cfg = get_cfg()
+    add_tbd_config(cfg)
+    cfg.merge_from_file(resolve_config_file(config_file))
+    cfg.merge_from_list(list(opts))
+    return cfg

@@ -10,16 +10,14 @@ from dataclasses import dataclass
 from typing import List
 
 import torch
-from detectron2 import model_zoo
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.layers import cat
 from detectron2.modeling import RetinaNet, build_model
 from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.utils.file_io import PathManager
 from torch import Tensor
 
-from .config import add_tbd_config
+from .config import load_tbd_config, resolve_config_file
 
 logger = logging.getLogger(__name__)
 
@@ -33,18 +31,8 @@ def load_teacher_config(student_cfg):
     config_file = teacher.CONFIG_FILE
     if not config_file:
         raise ValueError("MODEL.TBD.TEACHER.CONFIG_FILE is empty: TBD needs a teacher config")
-    if not os.path.isfile(config_file):
-        try:
-            config_file = model_zoo.get_config_file(config_file)
-        except RuntimeError:
-            raise FileNotFoundError(
-                f"MODEL.TBD.TEACHER.CONFIG_FILE={teacher.CONFIG_FILE!r} is neither a file nor a "
-                "detectron2 model-zoo config name"
-            ) from None
-    cfg = get_cfg()
-    add_tbd_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(teacher.OPTS))
+    config_file = resolve_config_file(config_file, "MODEL.TBD.TEACHER.CONFIG_FILE")
+    cfg = load_tbd_config(config_file, teacher.OPTS)
     cfg.MODEL.DEVICE = student_cfg.MODEL.DEVICE
     cfg.MODEL.WEIGHTS = teacher.WEIGHTS
     cfg.freeze()

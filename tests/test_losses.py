@@ -8,6 +8,7 @@ from tbd.losses import (
     TaskDecoupledFeatureLoss,
     balance_weights,
     quality_focal_loss,
+    quality_focal_loss_sum,
     task_masks,
 )
 
@@ -32,6 +33,27 @@ def test_quality_focal_loss_reference():
     bce = -(t * torch.log(p) + (1 - t) * torch.log(1 - p))
     assert torch.allclose(quality_focal_loss(z, t, 2.0), bce * (p - t).abs() ** 2, atol=1e-6)
     assert quality_focal_loss(torch.logit(t), t, 2.0).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("beta", [2.0, 1.5])
+def test_fused_quality_focal_loss_sum_matches_autograd_of_the_definition(beta):
+    torch.manual_seed(0)
+    z = (torch.randn(3, 50, 4, dtype=torch.float64) * 3).requires_grad_()
+    t = torch.rand(3, 50, 4, dtype=torch.float64) * (torch.rand(3, 50, 4) < 0.3)
+    valid = torch.rand(3, 50) > 0.2
+    reference = (quality_focal_loss(z, t, beta).sum(-1) * valid).sum()
+    (grad_reference,) = torch.autograd.grad(reference, z)
+    fused = quality_focal_loss_sum(z, t, valid, beta)
+    (grad_fused,) = torch.autograd.grad(3.0 * fused, z)  # the backward scales by the upstream grad
+    assert fused.item() == pytest.approx(reference.item(), rel=1e-10)
+    assert torch.allclose(grad_fused, 3.0 * grad_reference, rtol=1e-9, atol=1e-12)
+    assert torch.all(grad_fused[~valid] == 0)
+    with torch.no_grad():  # no gradient wanted: the same value
+        assert quality_focal_loss_sum(z, t, valid, beta).item() == pytest.approx(fused.item())
+    z_small = z[:1, :6].detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x: quality_focal_loss_sum(x, t[:1, :6], valid[:1, :6], beta), (z_small,)
+    )
 
 
 def test_hd_cls_zero_when_student_equals_teacher():

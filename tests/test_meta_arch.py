@@ -42,7 +42,8 @@ def train_step(model, batch, iteration=0):
 
 def test_losses_logged_and_all_parameters_get_gradients(teacher_weights):
     torch.manual_seed(0)
-    model = build_model(student_cfg(teacher_weights, ["MODEL.TBD.WARMUP_ITERS", "10"]))
+    opts = ["MODEL.TBD.WARMUP_ITERS", "10", "MODEL.TBD.DIAGNOSTICS_PERIOD", "1"]
+    model = build_model(student_cfg(teacher_weights, opts))
     losses, storage = train_step(model, make_batch(), iteration=0)  # warm-up factor 0
     assert set(losses) == {"loss_cls", "loss_box_reg", "loss_hd_cls", "loss_hd_reg", "loss_tfd"}
     assert all(torch.isfinite(v) and v.dtype == torch.float32 for v in losses.values())
@@ -55,6 +56,19 @@ def test_losses_logged_and_all_parameters_get_gradients(teacher_weights):
     for key in ("tbd/harmony_teacher", "tbd/harmony_student", "tbd/w_cls", "tbd/w_reg"):
         assert key in scalars
     assert scalars["tbd/w_cls"][0] + scalars["tbd/w_reg"][0] == pytest.approx(2.0)
+
+
+def test_harmony_diagnostics_only_on_the_last_iteration_of_each_period(teacher_weights):
+    model = build_model(student_cfg(teacher_weights, ["MODEL.TBD.DIAGNOSTICS_PERIOD", "20"]))
+    batch = make_batch()
+    logged = {}
+    for iteration in (0, 18, 19, 39):
+        _, storage = train_step(model, batch, iteration=iteration)
+        logged[iteration] = set(storage.latest())
+    keys = {"tbd/harmony_teacher", "tbd/harmony_student"}
+    assert not keys & logged[0] and not keys & logged[18]
+    assert keys <= logged[19] and keys <= logged[39]
+    assert "tbd/w_cls" in logged[0]  # the balance weights are logged every step
 
 
 def test_teacher_outside_module_tree_and_frozen(teacher_weights):

@@ -65,7 +65,7 @@ from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.solver import build_optimizer  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
-from detectron2.utils.events import EventStorage  # noqa: E402
+from detectron2.utils.events import EventStorage, get_event_storage  # noqa: E402
 from torch import nn  # noqa: E402
 
 import tbd  # noqa: E402,F401  (registers TBDRetinaNet)
@@ -342,9 +342,18 @@ class Workloads:
         if name in ("student_step", "tbd_step"):
             key = "plain_train" if name == "student_step" else "tbd_train"
             model, optimizer = self.model(key), self.optimizer(key)
-            if name == "tbd_step":
-                self.teacher()
-            return lambda: train_step(model, optimizer, batch)
+            if name == "student_step":
+                return lambda: train_step(model, optimizer, batch)
+            self.teacher()
+
+            def tbd_step():
+                losses = train_step(model, optimizer, batch)
+                # advance the iteration as training does: the harmony diagnostics run on every
+                # MODEL.TBD.DIAGNOSTICS_PERIOD-th step only, and the medians must see that
+                get_event_storage().step()
+                return losses
+
+            return tbd_step
         if name == "teacher_forward":
             student, teacher = self.model("tbd_train"), self.teacher()
             images = student.preprocess_image(batch).tensor

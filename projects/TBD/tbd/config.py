@@ -58,6 +58,9 @@ def add_tbd_config(cfg):
 
     # A prediction is harmonious when |s - u| <= HARMONY_DELTA (a logged diagnostic).
     _C.MODEL.TBD.HARMONY_DELTA = 0.2
+    # The harmonious proportions of teacher and student (tbd/harmony_*) are computed every
+    # DIAGNOSTICS_PERIOD iterations only: DefaultTrainer's writers print every 20th.
+    _C.MODEL.TBD.DIAGNOSTICS_PERIOD = 20
     # All distillation weights ramp linearly from 0 to their value over the first WARMUP_ITERS
     # iterations (0: no warm-up).
     _C.MODEL.TBD.WARMUP_ITERS = 0

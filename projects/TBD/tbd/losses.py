@@ -6,7 +6,7 @@ Layout: N images, R anchors over all FPN levels (R = sum_l Hl x Wl x A), K class
 are expected without gradient; every loss returns a 0-dim float32 tensor.
 """
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -16,8 +16,6 @@ from detectron2.utils import comm
 from fvcore.nn import giou_loss, smooth_l1_loss
 from torch import Tensor, nn
 from torch.nn import functional as F
-
-from .harmony import decode_boxes
 
 _BOX_LOSSES = {"giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}
 
@@ -41,11 +39,66 @@ def quality_focal_loss(logits: Tensor, targets: Tensor, beta: float) -> Tensor:
     """
     Elementwise quality focal loss: BCE(sigmoid(z), t) * |sigmoid(z) - t|^beta.
 
-    Zero exactly where sigmoid(z) == t. Any shape; returns the same shape.
+    Zero exactly where sigmoid(z) == t. Any shape; returns the same shape. The reference
+    definition (autograd differentiates it); training uses :func:`quality_focal_loss_sum`.
     """
     bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     gap = logits.sigmoid() - targets
     return bce * (gap.square() if beta == 2 else gap.abs().pow(beta))
+
+
+class _QualityFocalLossSum(torch.autograd.Function):
+    """
+    sum over valid anchors a and classes k of QFL(z, t; beta), with the gradient computed in the
+    forward pass. With p = sigmoid(z), g = p - t, BCE = softplus(z) - z t::
+
+        L      = sum BCE |g|^beta
+        dL/dz  = g |g|^beta + beta BCE |g|^(beta - 1) sign(g) p (1 - p)     (dBCE/dz = g)
+
+    Dense over N x R x K, this is the largest tensor computation of a TBD step. Autograd of
+    :func:`quality_focal_loss` would keep four N x R x K intermediates (p, g, g^2, BCE) for a
+    backward with passes of its own; here the forward computes dL/dz along with L and keeps only
+    it (the backward is one multiplication).
+    Targets get no gradient (they come from the teacher).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, valid: Tensor, beta: float) -> Tensor:
+        p = logits.sigmoid()
+        bce = torch.addcmul(F.softplus(logits), logits, targets, value=-1.0)
+        gap = p - targets
+        # invalid (ignored) anchors: g = 0 makes both the loss and its gradient 0
+        gap.masked_fill_(~valid.unsqueeze(-1), 0.0)
+        focal = gap.square() if beta == 2 else gap.abs().pow(beta)
+        loss = torch.dot(bce.flatten(), focal.flatten())
+        if ctx.needs_input_grad[0]:
+            p.addcmul_(p, p, value=-1.0)  # p (1 - p)
+            if beta == 2:
+                grad = torch.addcmul(focal, bce, p, value=2.0).mul_(gap)
+            else:
+                # d|g|^beta / dg = beta |g|^(beta - 1) sign(g), finite at g = 0 for beta >= 1
+                slope = gap.abs().pow(beta - 1).mul_(gap.sign()).mul_(bce).mul_(p)
+                grad = torch.add(focal.mul_(gap), slope, alpha=beta)
+            ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_loss, None, None, None
+
+
+def quality_focal_loss_sum(logits: Tensor, targets: Tensor, valid: Tensor, beta: float) -> Tensor:
+    """
+    sum_{a valid, k} QFL(z(a, k), t(a, k); beta) (see :func:`quality_focal_loss`), fused.
+
+    Args:
+        logits, targets: N x R x K; valid: N x R bool (anchors to count).
+    Returns:
+        a 0-dim tensor; differentiable in ``logits``.
+    """
+    targets = targets.detach().to(logits.dtype)
+    return _QualityFocalLossSum.apply(logits, targets, valid, float(beta))
 
 
 class HarmonyDistillationLoss(nn.Module):
@@ -104,21 +157,39 @@ class HarmonyDistillationLoss(nn.Module):
         targets = teacher_logits.sigmoid()
         if self.target == "teacher":
             return targets
-        classes = torch.arange(targets.shape[-1], device=targets.device)
         # labels -1 (ignore) and K (background) match no class: only foreground anchors change
-        at_gt_class = gt_labels.unsqueeze(-1) == classes
-        return torch.where(at_gt_class, harmonized_score.unsqueeze(-1), targets)
+        image, anchor = ((gt_labels >= 0) & (gt_labels < targets.shape[-1])).nonzero(as_tuple=True)
+        targets[image, anchor, gt_labels[image, anchor]] = harmonized_score[image, anchor].to(
+            targets.dtype
+        )
+        return targets
 
     def classification_loss(
-        self, student_logits: Tensor, targets: Tensor, gt_labels: Tensor
+        self,
+        student_logits: Tensor,
+        targets: Tensor,
+        gt_labels: Tensor,
+        num_foreground: Optional[Tensor] = None,
     ) -> Tensor:
-        num_classes = student_logits.shape[-1]
-        valid = gt_labels >= 0
-        num_foreground = ((gt_labels >= 0) & (gt_labels < num_classes)).sum()
+        """
+        Args:
+            student_logits, targets: N x R x K; gt_labels: N x R.
+            num_foreground: the mean number of foreground anchors per process (see
+                :func:`mean_over_processes`); computed here when None.
+        """
+        if num_foreground is None:
+            num_foreground = mean_over_processes(
+                ((gt_labels >= 0) & (gt_labels < student_logits.shape[-1])).sum()
+            )
         # over all processes: sum over the whole batch / max(#foreground of the whole batch, 1)
-        num_foreground = mean_over_processes(num_foreground).clamp(min=1 / comm.get_world_size())
-        per_anchor = quality_focal_loss(student_logits, targets, self.beta).sum(-1)
-        return torch.where(valid, per_anchor, per_anchor.new_zeros(())).sum() / num_foreground
+        num_foreground = num_foreground.clamp(min=1 / comm.get_world_size())
+        valid = gt_labels >= 0
+        return quality_focal_loss_sum(student_logits, targets, valid, self.beta) / num_foreground
+
+    def regression_weights(self, foreground: Tensor, harmony: Tensor) -> Tensor:
+        """w(a): N x R, HS(a) (or 1 for "uniform") on foreground anchors, 0 elsewhere."""
+        weights = harmony if self.reg_weighting == "harmony" else torch.ones_like(harmony)
+        return torch.where(foreground, weights, weights.new_zeros(()))
 
     def regression_loss(
         self,
@@ -127,26 +198,32 @@ class HarmonyDistillationLoss(nn.Module):
         anchors: Tensor,
         foreground: Tensor,
         harmony: Tensor,
+        weight_sum: Optional[Tensor] = None,
     ) -> Tensor:
         """
         Args:
             student_deltas, teacher_deltas: N x R x 4; anchors: R x 4 (XYXY);
             foreground: N x R bool; harmony: N x R teacher Harmony Scores.
+            weight_sum: the mean over processes of sum_a w(a); computed here when None.
         """
+        weights = self.regression_weights(foreground, harmony)
+        if weight_sum is None:
+            weight_sum = mean_over_processes(weights.sum())
+        # only foreground anchors count: compute the loss on those F anchors alone
+        image, anchor = foreground.nonzero(as_tuple=True)
+        student, teacher = student_deltas[image, anchor], teacher_deltas[image, anchor]  # F x 4
         if self.box_reg_loss_type == "smooth_l1":
             per_anchor = smooth_l1_loss(
-                student_deltas, teacher_deltas, beta=self.smooth_l1_beta, reduction="none"
+                student, teacher, beta=self.smooth_l1_beta, reduction="none"
             ).sum(-1)
         else:
-            student_boxes = decode_boxes(student_deltas, anchors, self.box2box_transform)
-            teacher_boxes = decode_boxes(teacher_deltas, anchors, self.box2box_transform)
+            boxes = anchors[anchor]
             per_anchor = _BOX_LOSSES[self.box_reg_loss_type](
-                student_boxes.reshape(-1, 4), teacher_boxes.reshape(-1, 4), reduction="none"
-            ).view(foreground.shape)
-        weights = harmony if self.reg_weighting == "harmony" else torch.ones_like(harmony)
-        weights = torch.where(foreground, weights, weights.new_zeros(()))
-        per_anchor = torch.where(foreground, per_anchor, per_anchor.new_zeros(()))
-        return (weights * per_anchor).sum() / mean_over_processes(weights.sum()).clamp(min=1e-6)
+                self.box2box_transform.apply_deltas(student, boxes),
+                self.box2box_transform.apply_deltas(teacher, boxes),
+                reduction="none",
+            )
+        return (weights[image, anchor] * per_anchor).sum() / weight_sum.clamp(min=1e-6)
 
 
 def task_masks(

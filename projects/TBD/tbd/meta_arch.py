@@ -1,7 +1,6 @@
 from typing import Dict, List, Optional
 
 import torch
-import torch.distributed as dist
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
@@ -68,6 +67,7 @@ class TBDRetinaNet(RetinaNet):
         tfd_balance: str = "dynamic",
         tfd_cls_ratio: float = 0.5,
         harmony_delta: float = 0.2,
+        diagnostics_period: int = 20,
         warmup_iters: int = 0,
         **kwargs,
     ):
@@ -79,6 +79,8 @@ class TBDRetinaNet(RetinaNet):
             loss_weights: weights of "loss_hd_cls", "loss_hd_reg" and "loss_tfd".
             tfd_mask: "task" or "uniform" TFD regions; tfd_balance, tfd_cls_ratio: the TFD balance.
             harmony_delta: |s - u| threshold of a harmonious prediction (logged diagnostic).
+            diagnostics_period: compute the logged harmonious proportions every this many
+                iterations (the last of each period, when detectron2's writers print).
             warmup_iters: linear ramp of all distillation weights.
             kwargs: arguments of :class:`RetinaNet`.
         """
@@ -91,6 +93,7 @@ class TBDRetinaNet(RetinaNet):
         self.tfd_balance = tfd_balance
         self.tfd_cls_ratio = tfd_cls_ratio
         self.harmony_delta = harmony_delta
+        self.diagnostics_period = diagnostics_period
         self.warmup_iters = warmup_iters
         self._teacher: Optional[FrozenTeacher] = None
 
@@ -113,6 +116,7 @@ class TBDRetinaNet(RetinaNet):
             tfd_balance=_choice("MODEL.TBD.TFD.BALANCE", tbd.TFD.BALANCE, ("dynamic", "fixed")),
             tfd_cls_ratio=tbd.TFD.CLS_RATIO,
             harmony_delta=tbd.HARMONY_DELTA,
+            diagnostics_period=tbd.DIAGNOSTICS_PERIOD,
             warmup_iters=tbd.WARMUP_ITERS,
         )
         if tbd.HD.ENABLED:
@@ -155,8 +159,7 @@ class TBDRetinaNet(RetinaNet):
         world = comm.get_world_size()
         if name != "loss_normalizer" or world == 1:
             return super()._ema_update(name, value, initial_value, momentum)
-        total = torch.tensor(float(value), device=self.device)
-        dist.all_reduce(total)
+        total = mean_over_processes(torch.tensor(float(value), device=self.device)) * world
         return super()._ema_update(name, total.item(), initial_value, momentum) / world
 
     def forward_training(self, images, features, predictions, gt_instances):
@@ -165,9 +168,11 @@ class TBDRetinaNet(RetinaNet):
         )
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
-        losses = self.losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
         if not self.distills:
-            return losses
+            return self.losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+        # concatenated once, shared by RetinaNet's losses (cat of one tensor is that tensor) and TBD
+        logits, deltas = cat(pred_logits, dim=1), cat(pred_anchor_deltas, dim=1)
+        losses = self.losses(anchors, [logits], gt_labels, [deltas], gt_boxes)
         teacher = self.load_teacher()(
             images.tensor, self.pixel_mean, self.pixel_std, self.input_format
         )
@@ -175,8 +180,8 @@ class TBDRetinaNet(RetinaNet):
             losses.update(
                 self.distillation_losses(
                     features,
-                    cat(pred_logits, dim=1).float(),
-                    cat(pred_anchor_deltas, dim=1).float(),
+                    logits.float(),
+                    deltas.float(),
                     Boxes.cat(anchors).tensor,
                     torch.stack(gt_labels),
                     torch.stack(gt_boxes),
@@ -215,16 +220,25 @@ class TBDRetinaNet(RetinaNet):
         scale = self._warmup_factor()
         weights = {k: scale * v for k, v in self.loss_weights.items()}
         storage = get_event_storage()
+        # every normalizer over the whole batch (all processes), in one all-reduce
+        harmony = harmony_score(t_cls_quality, t_loc_quality)
+        local = [foreground.sum().float(), task_losses["loss_cls"], task_losses["loss_box_reg"]]
+        if self.hd_loss is not None:
+            local.append(self.hd_loss.regression_weights(foreground, harmony).sum())
+        num_foreground, loss_cls, loss_box_reg, *hd_weight_sum = mean_over_processes(
+            torch.stack([x.detach().float() for x in local])
+        ).unbind()
+
         losses, diagnostics = {}, {}
         if self.hd_loss is not None:
             targets = self.hd_loss.classification_targets(
                 t_logits, gt_labels, (t_cls_quality * t_loc_quality).sqrt()
             )
             losses["loss_hd_cls"] = weights["loss_hd_cls"] * self.hd_loss.classification_loss(
-                logits, targets, gt_labels
+                logits, targets, gt_labels, num_foreground
             )
             losses["loss_hd_reg"] = weights["loss_hd_reg"] * self.hd_loss.regression_loss(
-                deltas, t_deltas, anchors, foreground, harmony_score(t_cls_quality, t_loc_quality)
+                deltas, t_deltas, anchors, foreground, harmony, hd_weight_sum[0]
             )
         if self.tfd_loss is not None:
             level_shapes = [tuple(f.shape[-2:]) for f in features]
@@ -239,31 +253,41 @@ class TBDRetinaNet(RetinaNet):
             else:
                 cls_masks = [logits.new_ones((logits.shape[0], h, w)) for h, w in level_shapes]
                 reg_masks = cls_masks
-            # from the losses of the whole batch (all processes)
             w_cls, w_reg = balance_weights(
-                mean_over_processes(task_losses["loss_cls"]),
-                mean_over_processes(task_losses["loss_box_reg"]),
-                self.tfd_balance,
-                self.tfd_cls_ratio,
+                loss_cls, loss_box_reg, self.tfd_balance, self.tfd_cls_ratio
             )
             losses["loss_tfd"] = weights["loss_tfd"] * self.tfd_loss(
                 features, teacher.features, cls_masks, reg_masks, w_cls, w_reg
             )
             diagnostics.update({"tbd/w_cls": w_cls, "tbd/w_reg": w_reg})
-        s_cls_quality = classification_quality(logits.detach(), gt_labels)
-        s_loc_quality = localization_quality(
-            deltas.detach(), anchors, gt_boxes, self.box2box_transform
-        )
-        diagnostics["tbd/harmony_teacher"] = harmonious_fraction(
-            t_cls_quality, t_loc_quality, foreground, self.harmony_delta
-        )
-        diagnostics["tbd/harmony_student"] = harmonious_fraction(
-            s_cls_quality, s_loc_quality, foreground, self.harmony_delta
-        )
+        if self._diagnostics_step(storage.iter):
+            s_cls_quality = classification_quality(logits.detach(), gt_labels)
+            s_loc_quality = localization_quality(
+                deltas.detach(), anchors, gt_boxes, self.box2box_transform
+            )
+            diagnostics["tbd/harmony_teacher"] = harmonious_fraction(
+                t_cls_quality, t_loc_quality, foreground, self.harmony_delta
+            )
+            diagnostics["tbd/harmony_student"] = harmonious_fraction(
+                s_cls_quality, s_loc_quality, foreground, self.harmony_delta
+            )
         # one host sync for all logged tensors
-        values = torch.stack([v.float() for v in diagnostics.values()]).tolist()
-        storage.put_scalars(**dict(zip(diagnostics, values)), **{"tbd/warmup_factor": scale})
+        values = (
+            dict(zip(diagnostics, torch.stack(list(diagnostics.values())).float().tolist()))
+            if diagnostics
+            else {}
+        )
+        harmony_keys = ("tbd/harmony_teacher", "tbd/harmony_student")
+        # computed once per period: logged as they are, not as a median over the last 20 values
+        storage.put_scalars(
+            **{k: values.pop(k) for k in harmony_keys if k in values}, smoothing_hint=False
+        )
+        storage.put_scalars(**values, **{"tbd/warmup_factor": scale})
         return losses
+
+    def _diagnostics_step(self, iteration: int) -> bool:
+        """Whether this iteration computes the harmony diagnostics: the last of every period."""
+        return self.diagnostics_period <= 1 or (iteration + 1) % self.diagnostics_period == 0
 
     def _warmup_factor(self) -> float:
         """Linear ramp 0 -> 1 of the distillation weights over ``warmup_iters`` iterations."""

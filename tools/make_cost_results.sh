@@ -6,12 +6,13 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 mkdir -p docs/results
 rm -f docs/results/cost.md
+# Learning rate 0 at both scales: the same arithmetic per step (forward, backward, SGD update), but
+# random weights repeatedly stepped on one random batch at the real learning rate diverge (a
+# non-finite loss) within a few dozen steps.
 # synthetic scale (the defaults): R18 student, R18-wide teacher, batch 8 (SOLVER.IMS_PER_BATCH), 128 px
 $PY tools/benchmark_step.py --steps 20 --warmup 3 \
-    --output output/cost/synthetic.json --markdown docs/results/cost.md
+    --output output/cost/synthetic.json --markdown docs/results/cost.md SOLVER.BASE_LR 0.0
 # COCO scale: R50 student, R101 teacher, 2 images of 800 x 1333 (one GPU's share of a COCO batch).
-# Learning rate 0: the same arithmetic per step, but random weights repeatedly stepped on one
-# random batch at the real learning rate diverge (NaN) within a few steps on this pair.
 $PY tools/benchmark_step.py \
     --student-config configs/COCO/tbd_R50_from_R101_1x.yaml --teacher-config '' --device "${DEVICE:-cpu}" \
     --batch 2 --size 800x1333 --steps 6 --warmup 1 \

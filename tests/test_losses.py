@@ -48,8 +48,9 @@ def test_fused_quality_focal_loss_sum_matches_autograd_of_the_definition(beta):
     assert fused.item() == pytest.approx(reference.item(), rel=1e-10)
     assert torch.allclose(grad_fused, 3.0 * grad_reference, rtol=1e-9, atol=1e-12)
     assert torch.all(grad_fused[~valid] == 0)
-    with torch.no_grad():  # no gradient wanted: the same value
-        assert quality_focal_loss_sum(z, t, valid, beta).item() == pytest.approx(fused.item())
+    with torch.no_grad():  # no gradient wanted: the same value, and no graph
+        value = quality_focal_loss_sum(z, t, valid, beta)
+    assert value.item() == pytest.approx(fused.item()) and value.grad_fn is None
     z_small = z[:1, :6].detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(
         lambda x: quality_focal_loss_sum(x, t[:1, :6], valid[:1, :6], beta), (z_small,)

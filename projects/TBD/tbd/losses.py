@@ -64,28 +64,35 @@ class _QualityFocalLossSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, valid: Tensor, beta: float) -> Tensor:
-        p = logits.sigmoid()
-        bce = torch.addcmul(F.softplus(logits), logits, targets, value=-1.0)
-        gap = p - targets
-        # invalid (ignored) anchors: g = 0 makes both the loss and its gradient 0
-        gap.masked_fill_(~valid.unsqueeze(-1), 0.0)
-        focal = gap.square() if beta == 2 else gap.abs().pow(beta)
-        loss = torch.dot(bce.flatten(), focal.flatten())
-        if ctx.needs_input_grad[0]:
-            p.addcmul_(p, p, value=-1.0)  # p (1 - p)
-            if beta == 2:
-                grad = torch.addcmul(focal, bce, p, value=2.0).mul_(gap)
-            else:
-                # d|g|^beta / dg = beta |g|^(beta - 1) sign(g), finite at g = 0 for beta >= 1
-                slope = gap.abs().pow(beta - 1).mul_(gap.sign()).mul_(bce).mul_(p)
-                grad = torch.add(focal.mul_(gap), slope, alpha=beta)
-            ctx.save_for_backward(grad)
+        loss, grad = _quality_focal_loss_sum_and_grad(logits, targets, valid, beta, True)
+        ctx.save_for_backward(grad)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):
         (grad,) = ctx.saved_tensors
         return grad * grad_loss, None, None, None
+
+
+def _quality_focal_loss_sum_and_grad(
+    logits: Tensor, targets: Tensor, valid: Tensor, beta: float, with_grad: bool
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """L and dL/dz of :class:`_QualityFocalLossSum` (dL/dz None unless ``with_grad``)."""
+    p = logits.sigmoid()
+    bce = torch.addcmul(F.softplus(logits), logits, targets, value=-1.0)
+    gap = p - targets
+    # invalid (ignored) anchors: g = 0 makes both the loss and its gradient 0
+    gap.masked_fill_(~valid.unsqueeze(-1), 0.0)
+    focal = gap.square() if beta == 2 else gap.abs().pow(beta)
+    loss = torch.dot(bce.flatten(), focal.flatten())
+    if not with_grad:
+        return loss, None
+    p.addcmul_(p, p, value=-1.0)  # p (1 - p)
+    if beta == 2:
+        return loss, torch.addcmul(focal, bce, p, value=2.0).mul_(gap)
+    # d|g|^beta / dg = beta |g|^(beta - 1) sign(g), finite at g = 0 for beta >= 1
+    slope = gap.abs().pow(beta - 1).mul_(gap.sign()).mul_(bce).mul_(p)
+    return loss, torch.add(focal.mul_(gap), slope, alpha=beta)
 
 
 def quality_focal_loss_sum(logits: Tensor, targets: Tensor, valid: Tensor, beta: float) -> Tensor:
@@ -98,7 +105,11 @@ def quality_focal_loss_sum(logits: Tensor, targets: Tensor, valid: Tensor, beta:
         a 0-dim tensor; differentiable in ``logits``.
     """
     targets = targets.detach().to(logits.dtype)
-    return _QualityFocalLossSum.apply(logits, targets, valid, float(beta))
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return _QualityFocalLossSum.apply(logits, targets, valid, float(beta))
+    # no gradient wanted (evaluation of the loss): skip computing it
+    with torch.no_grad():
+        return _quality_focal_loss_sum_and_grad(logits, targets, valid, float(beta), False)[0]
 
 
 class HarmonyDistillationLoss(nn.Module):

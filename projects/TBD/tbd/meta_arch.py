@@ -226,7 +226,7 @@ class TBDRetinaNet(RetinaNet):
         if self.hd_loss is not None:
             local.append(self.hd_loss.regression_weights(foreground, harmony).sum())
         num_foreground, loss_cls, loss_box_reg, *hd_weight_sum = mean_over_processes(
-            torch.stack([x.detach().float() for x in local])
+            torch.stack([x.float() for x in local])
         ).unbind()
 
         losses, diagnostics = {}, {}
@@ -260,29 +260,25 @@ class TBDRetinaNet(RetinaNet):
                 features, teacher.features, cls_masks, reg_masks, w_cls, w_reg
             )
             diagnostics.update({"tbd/w_cls": w_cls, "tbd/w_reg": w_reg})
+        periodic = {}
         if self._diagnostics_step(storage.iter):
             s_cls_quality = classification_quality(logits.detach(), gt_labels)
             s_loc_quality = localization_quality(
                 deltas.detach(), anchors, gt_boxes, self.box2box_transform
             )
-            diagnostics["tbd/harmony_teacher"] = harmonious_fraction(
+            periodic["tbd/harmony_teacher"] = harmonious_fraction(
                 t_cls_quality, t_loc_quality, foreground, self.harmony_delta
             )
-            diagnostics["tbd/harmony_student"] = harmonious_fraction(
+            periodic["tbd/harmony_student"] = harmonious_fraction(
                 s_cls_quality, s_loc_quality, foreground, self.harmony_delta
             )
         # one host sync for all logged tensors
-        values = (
-            dict(zip(diagnostics, torch.stack(list(diagnostics.values())).float().tolist()))
-            if diagnostics
-            else {}
-        )
-        harmony_keys = ("tbd/harmony_teacher", "tbd/harmony_student")
+        logged = {**diagnostics, **periodic}
+        values = torch.stack(list(logged.values())).float().tolist() if logged else []
+        values = dict(zip(logged, values))
+        storage.put_scalars(**{k: values[k] for k in diagnostics}, **{"tbd/warmup_factor": scale})
         # computed once per period: logged as they are, not as a median over the last 20 values
-        storage.put_scalars(
-            **{k: values.pop(k) for k in harmony_keys if k in values}, smoothing_hint=False
-        )
-        storage.put_scalars(**values, **{"tbd/warmup_factor": scale})
+        storage.put_scalars(**{k: values[k] for k in periodic}, smoothing_hint=False)
         return losses
 
     def _diagnostics_step(self, iteration: int) -> bool:

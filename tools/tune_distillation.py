@@ -159,7 +159,8 @@ def write_results(args, results):
         "",
         f"Scored on {info['scored_on']}, never on `tbd_synthetic_val`. Students train "
         f"{args.iters} iterations on `tbd_synthetic_train` from `{args.teacher_weights}`; "
-        f"one training run each (SEED unset: detectron2 draws a random seed). {env['date']}; git commit {env['git_commit']}; {env['machine']['cpu']}, "
+        "one training run each (SEED unset: detectron2 draws a random seed). "
+        f"{env['date']}; git commit {env['git_commit']}; {env['machine']['cpu']}, "
         f"{env['machine']['cores']} cores; torch {env['versions']['torch']}.",
         "",
         "| candidate | opts over its config | AP | AP50 | AP75 | gain over baseline | s/iter |",

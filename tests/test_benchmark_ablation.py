@@ -4,6 +4,7 @@ whole benchmark at toy size (json, markdown, reuse of finished runs)."""
 
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -262,3 +263,36 @@ def test_toy_benchmark_writes_results_and_reuses_runs(tmp_path, capsys):
     # ... but refuses to mix runs made with another schedule into the results
     with pytest.raises(SystemExit, match="different command"):
         bench.main(argv + ["--iters", "5"])
+    capsys.readouterr()
+
+    # a new machine: the run directories are gone, the results json is not. Runs made by the same
+    # command from the same teacher (its weights hash) are carried over, marked, not retrained.
+    results = os.path.join(out, "ablation.json")
+    for row in ("baseline", "tbd"):
+        shutil.rmtree(os.path.join(out, row))
+    bench.main(argv)
+    assert "4 runs carried over" in capsys.readouterr().out
+    assert not os.path.exists(os.path.join(out, "tbd", "seed_0"))
+    carried = json.load(open(results))
+    for name, row in report["rows"].items():
+        for seed, record in row["seeds"].items():
+            again = dict(carried["rows"][name]["seeds"][seed])
+            origin = again.pop("carried_over_from")
+            assert again == record  # every number as first recorded
+            assert origin["date"] == report["date"] and "sha256" in origin["teacher"]
+    md = open(os.path.join(out, "ablation.md")).read()
+    assert md.count("†") == 4 + 1 and "Carried over, not retrained" in md
+
+    # another teacher (here: a recorded hash that differs): nothing is carried over; the runs
+    # train again, two at a time
+    carried["teacher"]["weights_sha256"] = "0" * 64
+    with open(results, "w") as f:
+        json.dump(carried, f)
+    bench.main(argv + ["--rows", "tbd", "--jobs", "2"])
+    printed = capsys.readouterr().out
+    assert "nothing carried over (different teacher weights (sha256))" in printed
+    assert printed.count("[ablation] tbd/seed_") >= 2
+    assert bench.finished(os.path.join(out, "tbd", "seed_1"))
+    retrained = json.load(open(results))
+    assert "carried_over_from" not in retrained["rows"]["tbd"]["seeds"]["0"]
+    assert retrained["settings"]["jobs"] == 2 and retrained["settings"]["threads_per_run"] >= 1

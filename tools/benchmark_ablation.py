@@ -20,9 +20,13 @@ first, or reused when its model_final.pth exists. Every run is, in a subprocess,
         MODEL.TBD.TEACHER.WEIGHTS <output>/teacher/model_final.pth   (distilled rows)
 
 Finished runs (model_final.pth and an evaluation in metrics.json, made by the same command) are
-reused, so an interrupted benchmark continues where it stopped (``--force`` trains them again). It
-writes ``<results>.json`` (every number, the command line, versions, machine, date, git commit) and
-``<results>.md`` (the table and the targets, PASS / FAIL), which is generated, never edited by hand.
+reused, so an interrupted benchmark continues where it stopped (``--force`` trains them again). Runs
+recorded in an earlier ``<results>.json`` are carried over, without training, when they were made
+by the same command from the same teacher (identical weights): the whole benchmark takes longer
+than one working session, and its checkpoints are not kept between machines. It writes
+``<results>.json`` (every number, the command line, versions, machine, date, git commit, where
+each run came from) and ``<results>.md`` (the table and the targets, PASS / FAIL), which is
+generated, never edited by hand.
 
 The val split is the test data: this tool only reports on it and tunes nothing.
 
@@ -34,6 +38,7 @@ Relative paths (--output, --results) are relative to the repo root, like the pat
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -42,9 +47,11 @@ import shlex
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run_demo import load_cfg, read_metrics, run_stage, schedule  # noqa: E402
@@ -107,6 +114,17 @@ def parse_args(argv=None):
         action="store_true",
         help="train the teacher again even when its model_final.pth exists (implies --force)",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="student runs trained at once, each with cores / jobs torch threads (default 1)",
+    )
+    p.add_argument(
+        "--no-carry-over",
+        action="store_true",
+        help="train every run not finished in --output, even when <results>.json records it",
+    )
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.iters is None:
@@ -124,6 +142,8 @@ def parse_args(argv=None):
         p.error(f"--seeds has duplicates: {args.seeds}")
     if min(args.iters, args.teacher_iters) < 1:
         p.error("--iters and --teacher-iters must be positive")
+    if args.jobs < 1:
+        p.error("--jobs must be positive")
     args.force = args.force or args.retrain_teacher
     return args
 
@@ -266,75 +286,207 @@ def _fmt_minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def train_all(args, teacher, runs) -> Dict[str, float]:
-    """Train the teacher (unless reusable) and every unfinished run. Returns the wall time in
-    seconds of each stage trained now."""
-    out = in_repo(args.output)
-    start = time.time()
-    durations: Dict[str, float] = {}
+def run_dir_of(args, run) -> str:
+    return in_repo(os.path.join(args.output, run["row"], f"seed_{run['seed']}"))
 
+
+def train_teacher(args, teacher) -> Optional[float]:
+    """Train the teacher unless it is reusable; its wall time in seconds when trained now."""
+    out = in_repo(args.output)
     teacher_dir = os.path.join(out, "teacher")
     if os.path.isfile(os.path.join(teacher_dir, "model_final.pth")) and not args.retrain_teacher:
         check_same_command(teacher, teacher_dir, "--retrain-teacher")
         print(f"[ablation] teacher: reusing {os.path.join(teacher_dir, 'model_final.pth')}")
-    else:
-        clear_stage(teacher_dir)
-        t0 = time.time()
-        run_stage("teacher", teacher["config"], teacher["opts"], out, prefix="ablation")
-        durations["teacher"] = time.time() - t0
+        return None
+    clear_stage(teacher_dir)
+    t0 = time.time()
+    run_stage("teacher", teacher["config"], teacher["opts"], out, prefix="ablation")
+    return time.time() - t0
 
-    student_times: List[float] = []
+
+def thread_env(jobs: int) -> Optional[Dict[str, str]]:
+    """The environment of a student run when ``jobs`` train at once: the cores shared out through
+    OMP_NUM_THREADS (torch's intra-op threads). None (inherit) for one job at a time."""
+    if jobs == 1:
+        return None
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
+def train_runs(args, runs, carried: Dict[str, Dict]) -> Dict[str, float]:
+    """Train every run that is neither finished in ``--output`` nor carried over, ``--jobs`` at a
+    time. Returns the wall time in seconds of each run trained now."""
+    start = time.time()
+    pending = []
     for i, run in enumerate(runs):
-        run_dir = os.path.join(out, run["row"], f"seed_{run['seed']}")
-        elapsed = time.time() - start
-        remaining = len(runs) - i
-        eta = (
-            _fmt_minutes(statistics.mean(student_times) * remaining)
-            if student_times
-            else "unknown (no run timed yet)"
-        )
         head = f"[ablation] {run['name']} (run {i + 1} of {len(runs)})"
-        if not args.force and finished(run_dir):
-            check_same_command(run, run_dir, "--force")
-            print(f"{head}: finished before, reused; elapsed {_fmt_minutes(elapsed)}", flush=True)
-            continue
-        print(f"{head}, elapsed {_fmt_minutes(elapsed)}, ETA {eta}", flush=True)
+        if run["name"] in carried:
+            print(f"{head}: carried over from {args.results}.json", flush=True)
+        elif not args.force and finished(run_dir_of(args, run)):
+            check_same_command(run, run_dir_of(args, run), "--force")
+            print(f"{head}: finished before, reused", flush=True)
+        else:
+            pending.append((head, run))
+
+    env, lock = thread_env(args.jobs), threading.Lock()
+    durations: Dict[str, float] = {}
+
+    def train(head, run):
+        with lock:
+            done = list(durations.values())
+            left = len(pending) - len(done)
+            eta = (
+                _fmt_minutes(statistics.mean(done) * left / args.jobs)
+                if done
+                else "unknown (no run timed yet)"
+            )
+            print(f"{head}, elapsed {_fmt_minutes(time.time() - start)}, ETA {eta}", flush=True)
+        run_dir = run_dir_of(args, run)
         clear_stage(run_dir)
         t0 = time.time()
-        run_stage(run["name"], run["config"], run["opts"], out, prefix="ablation")
-        durations[run["name"]] = time.time() - t0
-        student_times.append(durations[run["name"]])
+        run_stage(run["name"], run["config"], run["opts"], in_repo(args.output), "ablation", env)
         if not finished(run_dir):
             raise SystemExit(f"[ablation] {run['name']}: no evaluation in {run_dir}/metrics.json")
+        with lock:
+            durations[run["name"]] = time.time() - t0
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(train, head, run) for head, run in pending]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            for future in futures:  # the runs not started yet; the running ones finish
+                future.cancel()
+            raise
     return durations
 
 
+def weights_sha256(path: str) -> str:
+    """sha256 of a checkpoint's model weights (every tensor's name, dtype, shape and bytes, in name
+    order): equal for two trainings that produced bitwise the same model."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = state.get("model", state)
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = torch.as_tensor(state[name]).detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def teacher_record(args, teacher) -> Dict:
+    """The teacher as the results json records it (after it is trained)."""
+    teacher_dir = in_repo(os.path.join(args.output, "teacher"))
+    metrics = metrics_of(teacher_dir)
+    recorded = recorded_command(teacher_dir)
+    return {
+        "config": teacher["config"],
+        "weights": os.path.join(args.output, "teacher", "model_final.pth"),
+        "weights_sha256": weights_sha256(os.path.join(teacher_dir, "model_final.pth")),
+        "command": shlex.join(["python"] + recorded) if recorded else None,
+        "AP": metrics["bbox"].get("AP", float("nan")),
+        "bbox": {m: metrics["bbox"].get(m, float("nan")) for m in SEED_METRICS},
+        "s_per_iter": metrics["s_per_iter"],
+    }
+
+
+def load_previous(args) -> Optional[Dict]:
+    """The results json of an earlier invocation, when runs may be carried over from it."""
+    path = in_repo(args.results) + ".json"
+    if args.no_carry_over or args.force or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def same_teacher(previous: Dict, current: Dict) -> Tuple[bool, str]:
+    """Whether an earlier results json's teacher is the current one, and the evidence: the same
+    command and identical weights (sha256), or, for a json that recorded no hash, the same command
+    and an identical evaluation to the last digit of every metric."""
+    if previous.get("command") != current["command"]:
+        return False, "the teacher was trained by another command"
+    if previous.get("weights_sha256"):
+        same = previous["weights_sha256"] == current["weights_sha256"]
+        return same, f"{'identical' if same else 'different'} teacher weights (sha256)"
+    before, now = previous.get("bbox") or {}, current["bbox"]
+    same = all(before.get(m) is not None and before.get(m) == now.get(m) for m in SEED_METRICS)
+    evidence = "the teacher's AP, AP50, AP75, APs and APm identical to the last digit"
+    return same, evidence if same else "a different teacher evaluation"
+
+
+def carry_over(args, previous: Optional[Dict], teacher: Dict, runs) -> Dict[str, Dict]:
+    """
+    The runs of an earlier results json that this invocation need not train: those not finished
+    in ``--output`` whose recorded command is the planned one, when that json's teacher is the
+    current teacher (:func:`same_teacher`). Returns {run name: its per-seed record}, each with
+    ``carried_over_from``: the invocation that trained it.
+    """
+    if previous is None:
+        return {}
+    same, evidence = same_teacher(previous.get("teacher") or {}, teacher)
+    if not same:
+        print(f"[ablation] {args.results}.json: nothing carried over ({evidence})", flush=True)
+        return {}
+    origin = {k: previous.get(k) for k in ("generated_by", "date", "git_commit", "git_dirty")}
+    carried = {}
+    for run in runs:
+        record = previous.get("rows", {}).get(run["row"], {}).get("seeds", {}).get(str(run["seed"]))
+        if (
+            record is None
+            or record.get("command") != shlex.join(["python"] + command(run))
+            or (not args.force and finished(run_dir_of(args, run)))
+        ):
+            continue
+        record = dict(record)
+        record.setdefault("wall_seconds", (previous.get("wall_seconds") or {}).get(run["name"]))
+        record.setdefault("carried_over_from", {**origin, "teacher": evidence})
+        carried[run["name"]] = record
+    if carried:
+        print(
+            f"[ablation] {args.results}.json has the same teacher ({evidence}): "
+            f"{len(carried)} runs carried over",
+            flush=True,
+        )
+    return carried
+
+
 def _mean(values: Sequence[float]) -> float:
-    values = [v for v in values if not math.isnan(v)]
+    values = [v for v in values if v is not None and not math.isnan(v)]
     return statistics.mean(values) if values else float("nan")
 
 
 def _std(values: Sequence[float]) -> float:
     """Sample standard deviation over seeds; NaN with fewer than 2 seeds (unknown, not 0)."""
-    values = [v for v in values if not math.isnan(v)]
+    values = [v for v in values if v is not None and not math.isnan(v)]
     return statistics.stdev(values) if len(values) >= 2 else float("nan")
 
 
-def summarize(args, runs) -> Dict[str, Dict]:
-    """Per row: the per-seed COCO metrics (and s/iter), and mean / std over seeds."""
+def _run_record(args, run) -> Dict:
+    """A run's per-seed record from its run directory."""
+    run_dir = run_dir_of(args, run)
+    metrics = read_metrics(run_dir)
+    record = {m: float(metrics["bbox"].get(m, float("nan"))) for m in SEED_METRICS}
+    record["s_per_iter"] = metrics["s_per_iter"]
+    record["command"] = shlex.join(["python"] + command(run))
+    with open(os.path.join(run_dir, "command.json")) as f:
+        record["wall_seconds"] = json.load(f).get("wall_seconds")
+    return record
+
+
+def summarize(args, runs, carried: Dict[str, Dict]) -> Dict[str, Dict]:
+    """Per row: the per-seed COCO metrics (and s/iter, wall time, origin), and mean / std over
+    seeds."""
     rows: Dict[str, Dict] = {}
     for run in runs:
-        metrics = read_metrics(
-            in_repo(os.path.join(args.output, run["row"], f"seed_{run['seed']}"))
-        )
-        per_seed = {m: float(metrics["bbox"].get(m, float("nan"))) for m in SEED_METRICS}
-        per_seed["s_per_iter"] = metrics["s_per_iter"]
-        per_seed["command"] = shlex.join(["python"] + command(run))
+        record = carried.get(run["name"]) or _run_record(args, run)
         row = rows.setdefault(
             run["row"],
             {"label": LABELS[run["row"]], "config": CONFIGS[run["row"]], "seeds": {}},
         )
-        row["seeds"][str(run["seed"])] = per_seed
+        row["seeds"][str(run["seed"])] = record
     for row in rows.values():
         for m in ("AP", "AP50", "AP75"):
             row[f"{m}_mean"] = _mean([s[m] for s in row["seeds"].values()])
@@ -477,12 +629,10 @@ def _f(value, spec=".1f") -> str:
     return "n/a" if value is None or math.isnan(value) else format(value, spec)
 
 
-def write_results(args, teacher, rows, targets, durations, elapsed) -> Dict:
+def write_results(args, teacher: Dict, rows, targets, teacher_seconds, elapsed) -> Dict:
     """Write <results>.json and <results>.md; return the json's content."""
     invocation = shlex.join(["python", "tools/benchmark_ablation.py", *args.argv])
-    teacher_metrics = metrics_of(in_repo(os.path.join(args.output, "teacher")))
-    teacher_dir = in_repo(os.path.join(args.output, "teacher"))
-    recorded = recorded_command(teacher_dir)
+    env = thread_env(args.jobs)
     report = {
         "generated_by": invocation,
         **environment(),
@@ -493,20 +643,15 @@ def write_results(args, teacher, rows, targets, durations, elapsed) -> Dict:
             "teacher_iters": args.teacher_iters,
             "rows": args.rows,
             "output": args.output,
+            "jobs": args.jobs,
+            "threads_per_run": None if env is None else int(env["OMP_NUM_THREADS"]),
             "test_dataset": "tbd_synthetic_val",
             "note": "the val split is the test data: reported on only, nothing tuned on it",
         },
-        "teacher": {
-            "config": teacher["config"],
-            "weights": os.path.join(args.output, "teacher", "model_final.pth"),
-            "command": shlex.join(["python"] + recorded) if recorded else None,
-            "AP": teacher_metrics["bbox"].get("AP", float("nan")),
-            "bbox": {m: teacher_metrics["bbox"].get(m, float("nan")) for m in SEED_METRICS},
-            "s_per_iter": teacher_metrics["s_per_iter"],
-        },
+        "teacher": teacher,
         "rows": rows,
         "targets": targets,
-        "wall_seconds": {"total": elapsed, **durations},
+        "wall_seconds": {"total": elapsed, "teacher": teacher_seconds},
     }
     base = in_repo(args.results)
     os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
@@ -518,6 +663,17 @@ def write_results(args, teacher, rows, targets, durations, elapsed) -> Dict:
     return report
 
 
+def _origins(report) -> List[Dict]:
+    """The earlier invocations that trained carried-over runs, in order of first appearance."""
+    origins = []
+    for row in report["rows"].values():
+        for record in row["seeds"].values():
+            origin = record.get("carried_over_from")
+            if origin and origin not in origins:
+                origins.append(origin)
+    return origins
+
+
 def markdown(args, report) -> str:
     env, teacher = report, report["teacher"]
     seeds = ", ".join(str(s) for s in args.seeds)
@@ -525,6 +681,9 @@ def markdown(args, report) -> str:
     doc = "docs/benchmark.md"
     if os.path.commonpath([REPO, results_dir]) == REPO:  # a link that works inside the repo
         doc = f"[{doc}]({os.path.relpath(in_repo(doc), results_dir)})"
+    origins = _origins(report)
+    marks = {json.dumps(o, sort_keys=True): "†" * (i + 1) for i, o in enumerate(origins)}
+    jobs = report["settings"]["jobs"]
     lines = [
         f"# Ablation on the synthetic dataset{' (toy size)' if args.toy else ''}",
         "",
@@ -537,7 +696,12 @@ def markdown(args, report) -> str:
         f"{' (with uncommitted changes)' if env['git_dirty'] else ''}; "
         f"{env['machine']['cpu']}, {env['machine']['cores']} cores; torch "
         f"{env['versions']['torch']}, detectron2 {env['versions']['detectron2']}; "
-        f"{report['wall_seconds']['total'] / 60:.1f} min.",
+        f"{report['wall_seconds']['total'] / 60:.1f} min"
+        + (
+            f" ({jobs} runs at a time, {report['settings']['threads_per_run']} threads each)."
+            if jobs > 1
+            else "."
+        ),
         "",
         f"COCO box AP (COCOEvaluator) on `tbd_synthetic_val`, the test data, after "
         f"{args.iters} student iterations; seeds {seeds}; mean ± sample std over seeds. The "
@@ -550,17 +714,29 @@ def markdown(args, report) -> str:
     ]
     for name in args.rows:
         row = report["rows"][name]
-        per_seed = " / ".join(_f(row["seeds"][str(s)]["AP"]) for s in args.seeds)
+        per_seed = " / ".join(
+            _f(record["AP"])
+            + marks.get(json.dumps(record.get("carried_over_from"), sort_keys=True), "")
+            for record in (row["seeds"][str(s)] for s in args.seeds)
+        )
         gain = "—" if name == "baseline" else _f(row["gain_over_baseline"], "+.1f")
         lines.append(
             f"| {row['label']} | `{os.path.basename(row['config'])}` | "
             f"{_f(row['AP_mean'])} ± {_f(row['AP_std'])} | {_f(row['AP50_mean'])} | "
             f"{_f(row['AP75_mean'])} | {per_seed} | {gain} |"
         )
+    for origin in origins:
+        lines += [
+            "",
+            f"{marks[json.dumps(origin, sort_keys=True)]} Carried over, not retrained: trained "
+            f"by `{origin['generated_by']}` on {origin['date']} (git commit "
+            f"{origin['git_commit']}{', with uncommitted changes' if origin['git_dirty'] else ''}) "
+            f"with the same command, from the same teacher ({origin['teacher']}).",
+        ]
     lines += [
         "",
         f"Teacher (`{os.path.basename(teacher['config'])}`): AP {_f(teacher['AP'])}, "
-        f"AP50 {_f(teacher['bbox']['AP50'])}.",
+        f"AP50 {_f(teacher['bbox']['AP50'])}; weights sha256 {teacher['weights_sha256'][:16]}….",
     ]
     if args.toy:
         lines += [
@@ -584,17 +760,22 @@ def main(argv=None):
     teacher, runs = plan(args)
     print(
         f"[ablation] rows {' '.join(args.rows)}; seeds {' '.join(map(str, args.seeds))}; "
-        f"{args.iters} student / {args.teacher_iters} teacher iterations; {len(runs)} runs",
+        f"{args.iters} student / {args.teacher_iters} teacher iterations; {len(runs)} runs; "
+        f"{args.jobs} at a time",
         flush=True,
     )
-    durations = train_all(args, teacher, runs)
-    rows = summarize(args, runs)
-    teacher_ap = metrics_of(in_repo(os.path.join(args.output, "teacher")))["bbox"].get("AP")
+    previous = load_previous(args)  # read before this invocation writes the file again
+    teacher_seconds = train_teacher(args, teacher)
+    teacher = teacher_record(args, teacher)
+    carried = carry_over(args, previous, teacher, runs)
+    train_runs(args, runs, carried)
+    rows = summarize(args, runs, carried)
+    teacher_ap = teacher["AP"]
     targets = evaluate_targets(
         {k: {"mean": r["AP_mean"], "std": r["AP_std"]} for k, r in rows.items()},
         float("nan") if teacher_ap is None else teacher_ap,
     )
-    write_results(args, teacher, rows, targets, durations, time.time() - start)
+    write_results(args, teacher, rows, targets, teacher_seconds, time.time() - start)
     print(open(in_repo(args.results) + ".md").read())
     print(f"[ablation] results: {args.results}.md, {args.results}.json")
 

@@ -90,8 +90,9 @@ def stages(args):
     return result
 
 
-def run_stage(name, config_file, opts, output, prefix="demo"):
-    """Train one model with train_net.py in a subprocess, streaming progress lines."""
+def run_stage(name, config_file, opts, output, prefix="demo", env=None):
+    """Train one model with train_net.py in a subprocess, streaming progress lines. ``env``: the
+    subprocess's environment (default: this process's)."""
     cmd = [sys.executable, "train_net.py", "--config-file", config_file, *opts]
     os.makedirs(os.path.join(output, name), exist_ok=True)
     log_path = os.path.join(output, name, "train.log")
@@ -99,7 +100,7 @@ def run_stage(name, config_file, opts, output, prefix="demo"):
     start = time.time()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
         for line in proc.stdout:
             log.write(line)
@@ -107,9 +108,10 @@ def run_stage(name, config_file, opts, output, prefix="demo"):
                 print(f"[{prefix}] {name} | {line.split(']:')[-1].strip()[:150]}", flush=True)
         if proc.wait() != 0:
             raise SystemExit(f"[{prefix}] {name} failed (exit {proc.returncode}); see {log_path}")
+    seconds = time.time() - start
     with open(os.path.join(output, name, "command.json"), "w") as f:
-        json.dump({"command": cmd[1:]}, f)
-    print(f"[{prefix}] {name}: done in {time.time() - start:.0f} s", flush=True)
+        json.dump({"command": cmd[1:], "wall_seconds": seconds}, f)
+    print(f"[{prefix}] {name}: done in {seconds:.0f} s", flush=True)
     return shlex.join(["python"] + cmd[1:])
 
 

@@ -138,6 +138,26 @@ def test_zero_distillation_weights_equal_plain_retinanet(teacher_weights):
             assert torch.allclose(p.grad, grads[name].grad, atol=1e-6), name
 
 
+@pytest.mark.slow
+def test_compiled_hd_loss_trains_like_the_eager_one(teacher_weights):
+    # MODEL.TBD.HD.COMPILE: the same losses and student gradients, through the real training step
+    torch.manual_seed(0)
+    model = build_model(student_cfg(teacher_weights))
+    compiled = build_model(student_cfg(teacher_weights, ["MODEL.TBD.HD.COMPILE", "True"]))
+    compiled.load_state_dict(model.state_dict())
+    assert compiled.hd_loss.compiled and not model.hd_loss.compiled
+    batch = make_batch()
+    losses, _ = train_step(model, copy.deepcopy(batch), iteration=50)
+    ref, _ = train_step(compiled, copy.deepcopy(batch), iteration=50)
+    assert set(losses) == set(ref)
+    for k in losses:
+        assert losses[k].item() == pytest.approx(ref[k].item(), rel=1e-5), k
+    grads = dict(compiled.named_parameters())
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(p.grad, grads[name].grad, rtol=1e-4, atol=1e-6), name
+
+
 def test_disabled_distillation_is_plain_student():
     cfg = load_cfg(
         os.path.join(REPO, "configs/quick_schedules/tbd_instant_test.yaml"),

@@ -17,3 +17,10 @@ $PY tools/benchmark_step.py \
     --student-config configs/COCO/tbd_R50_from_R101_1x.yaml --teacher-config '' --device "${DEVICE:-cpu}" \
     --batch 2 --size 800x1333 --steps 6 --warmup 1 \
     --output output/cost/coco.json --markdown docs/results/cost.md SOLVER.BASE_LR 0.0
+# The same with the HD classification loss compiled into one fused kernel (MODEL.TBD.HD.COMPILE);
+# the compilation happens in the warm-up round.
+$PY tools/benchmark_step.py \
+    --student-config configs/COCO/tbd_R50_from_R101_1x.yaml --teacher-config '' --device "${DEVICE:-cpu}" \
+    --batch 2 --size 800x1333 --steps 6 --warmup 1 \
+    --output output/cost/coco_compiled.json --markdown docs/results/cost.md \
+    SOLVER.BASE_LR 0.0 MODEL.TBD.HD.COMPILE True

@@ -38,6 +38,11 @@ def add_tbd_config(cfg):
     # Per-anchor weight of the regression distillation on foreground anchors:
     # "harmony": the teacher's Harmony Score HS(a); "uniform": 1.
     _C.MODEL.TBD.HD.REG_WEIGHTING = "harmony"
+    # Compute the classification distillation loss (dense over anchors x classes, the largest
+    # tensor work of a step) with one fused kernel made by torch.compile instead of ~10 eager
+    # passes. Same values; the first step compiles it (~30 s here; needs a C++ compiler on the CPU,
+    # triton on CUDA). See docs/cost.md.
+    _C.MODEL.TBD.HD.COMPILE = False
 
     # Task-decoupled Feature Distillation (TFD).
     _C.MODEL.TBD.TFD = CN()

@@ -127,6 +127,7 @@ class TBDRetinaNet(RetinaNet):
                 box2box_transform=ret["box2box_transform"],
                 box_reg_loss_type=ret["box_reg_loss_type"],
                 smooth_l1_beta=ret["smooth_l1_beta"],
+                compiled=tbd.HD.COMPILE,
             )
         if tbd.TFD.ENABLED:
             first_level = cfg.MODEL.RETINANET.IN_FEATURES[0]

@@ -97,7 +97,7 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default 0 1 2")
-    p.add_argument("--iters", type=int, default=None, help="student schedule (default 1500, toy 4)")
+    p.add_argument("--iters", type=int, default=None, help="student schedule (default 1000, toy 4)")
     p.add_argument("--teacher-iters", type=int, default=None, help="default 3000 (toy: 4)")
     p.add_argument("--rows", nargs="+", choices=ROW_NAMES, default=None, help="default: all")
     p.add_argument("--output", default=None, help="default output/ablation (toy: ..._toy)")
@@ -128,7 +128,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.iters is None:
-        args.iters = 4 if args.toy else 1500
+        args.iters = 4 if args.toy else 1000
     if args.teacher_iters is None:
         args.teacher_iters = 4 if args.toy else 3000
     if args.output is None:
@@ -201,8 +201,9 @@ def teacher_config() -> str:
 
 
 def plan(args):
-    """The teacher stage and the runs: dicts with name, row, seed, config and opts. Paths in opts
-    are as given (relative to the repo root, where the subprocesses run)."""
+    """The teacher stage and the runs: dicts with name, row, seed, config and opts, seed by seed
+    (every row at the first seed, then the next). Paths in opts are as given (relative to the
+    repo root, where the subprocesses run)."""
     out = args.output
     teacher_weights = os.path.join(out, "teacher", "model_final.pth")
     data = toy_data(out) if args.toy else []
@@ -217,15 +218,15 @@ def plan(args):
         + ["OUTPUT_DIR", os.path.join(out, "teacher")],
     }
     runs = []
-    for row in args.rows:
-        row_distills = distills(load_cfg(CONFIGS[row], []))
-        switches = toy_switches(row) if args.toy else []
-        for seed in args.seeds:
+    row_distills = {row: distills(load_cfg(CONFIGS[row], [])) for row in args.rows}
+    switches = {row: toy_switches(row) if args.toy else [] for row in args.rows}
+    for seed in args.seeds:  # seed by seed: stopped early, every row has its first seeds
+        for row in args.rows:
             name = f"{row}/seed_{seed}"
             opts = data + ["SEED", str(seed)] + schedule(args.iters)
             opts += ["OUTPUT_DIR", os.path.join(out, row, f"seed_{seed}")]
-            opts += switches
-            if row_distills:
+            opts += switches[row]
+            if row_distills[row]:
                 opts += ["MODEL.TBD.TEACHER.WEIGHTS", teacher_weights]
                 if args.toy:
                     opts += ["MODEL.TBD.TEACHER.CONFIG_FILE", TOY_TEACHER_CONFIG]

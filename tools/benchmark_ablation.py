@@ -699,7 +699,7 @@ def markdown(args, report) -> str:
         f"{env['versions']['torch']}, detectron2 {env['versions']['detectron2']}; "
         f"{report['wall_seconds']['total'] / 60:.1f} min"
         + (
-            f" ({jobs} runs at a time, {report['settings']['threads_per_run']} threads each)."
+            f" ({jobs} runs at a time, {report['settings']['threads_per_run']} thread(s) each)."
             if jobs > 1
             else "."
         ),

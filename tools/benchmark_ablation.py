@@ -314,9 +314,9 @@ def thread_env(jobs: int) -> Optional[Dict[str, str]]:
     return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
-def train_runs(args, runs, carried: Dict[str, Dict]) -> Dict[str, float]:
+def train_runs(args, runs, carried: Dict[str, Dict]) -> None:
     """Train every run that is neither finished in ``--output`` nor carried over, ``--jobs`` at a
-    time. Returns the wall time in seconds of each run trained now."""
+    time (each run's wall time goes to its command.json)."""
     start = time.time()
     pending = []
     for i, run in enumerate(runs):
@@ -330,7 +330,7 @@ def train_runs(args, runs, carried: Dict[str, Dict]) -> Dict[str, float]:
             pending.append((head, run))
 
     env, lock = thread_env(args.jobs), threading.Lock()
-    durations: Dict[str, float] = {}
+    durations: Dict[str, float] = {}  # of the runs trained now, for the ETA
 
     def train(head, run):
         with lock:
@@ -360,7 +360,6 @@ def train_runs(args, runs, carried: Dict[str, Dict]) -> Dict[str, float]:
             for future in futures:  # the runs not started yet; the running ones finish
                 future.cancel()
             raise
-    return durations
 
 
 def weights_sha256(path: str) -> str:
@@ -438,7 +437,7 @@ def carry_over(args, previous: Optional[Dict], teacher: Dict, runs) -> Dict[str,
         if (
             record is None
             or record.get("command") != shlex.join(["python"] + command(run))
-            or (not args.force and finished(run_dir_of(args, run)))
+            or finished(run_dir_of(args, run))  # (load_previous gives None with --force)
         ):
             continue
         record = dict(record)
@@ -771,10 +770,8 @@ def main(argv=None):
     carried = carry_over(args, previous, teacher, runs)
     train_runs(args, runs, carried)
     rows = summarize(args, runs, carried)
-    teacher_ap = teacher["AP"]
     targets = evaluate_targets(
-        {k: {"mean": r["AP_mean"], "std": r["AP_std"]} for k, r in rows.items()},
-        float("nan") if teacher_ap is None else teacher_ap,
+        {k: {"mean": r["AP_mean"], "std": r["AP_std"]} for k, r in rows.items()}, teacher["AP"]
     )
     write_results(args, teacher, rows, targets, teacher_seconds, time.time() - start)
     print(open(in_repo(args.results) + ".md").read())

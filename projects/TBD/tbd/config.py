@@ -40,8 +40,8 @@ def add_tbd_config(cfg):
     _C.MODEL.TBD.HD.REG_WEIGHTING = "harmony"
     # Compute the classification distillation loss (dense over anchors x classes, the largest
     # tensor work of a step) with one fused kernel made by torch.compile instead of ~10 eager
-    # passes. Same values; the first step compiles it (~30 s here; needs a C++ compiler on the CPU,
-    # triton on CUDA). See docs/cost.md.
+    # passes. Same values; the first step compiles it (tens of seconds; needs a C++ compiler on the
+    # CPU, triton on CUDA). See docs/cost.md.
     _C.MODEL.TBD.HD.COMPILE = False
 
     # Task-decoupled Feature Distillation (TFD).

@@ -18,6 +18,7 @@ from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from tbd.allocator import keep_freed_memory
 from tbd.checkpoint import AtomicCheckpointer
 from tbd.config import load_tbd_config
 from tbd.datasets import register_datasets
@@ -93,6 +94,9 @@ def prepare_datasets(cfg):
 
 def main(args):
     cfg = setup(args)
+    if cfg.MODEL.DEVICE == "cpu" and not args.default_malloc:
+        # every process of a launch: the steps reuse freed memory instead of new zeroed pages
+        keep_freed_memory()
     prepare_datasets(cfg)
 
     if args.eval_only:
@@ -110,8 +114,19 @@ def main(args):
     return trainer.train()
 
 
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="on the CPU, keep glibc's default malloc settings instead of keeping freed memory "
+        "for reuse (tbd/allocator.py, docs/cost.md)",
+    )
+    return parser
+
+
 def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
     launch(
         main,

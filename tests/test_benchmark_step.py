@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import platform
 import statistics
 from types import SimpleNamespace
 
@@ -77,6 +78,7 @@ def toy_spec(teacher_weights, **overrides):
         "batch": 2,
         "size": [64, 64],
         "num_classes": 6,
+        "malloc": "keep",
     }
     spec.update(overrides)
     return spec
@@ -281,6 +283,8 @@ def test_toy_run_writes_every_documented_field(toy_run):
     settings = saved["settings"]
     assert settings["size"] == [64, 64] and settings["batch"] == 2 and settings["steps"] == 2
     assert settings["teacher_name"] == "teacher_instant_test"
+    assert settings["malloc"] == "keep"  # as train_net.py trains on the CPU
+    assert settings["malloc_keeps_freed_memory"] is (platform.libc_ver()[0] == "glibc")
     assert saved["machine"]["torch_num_threads"] == torch.get_num_threads()
     assert saved["versions"]["torch"] == torch.__version__
     assert saved["command"].startswith("python tools/benchmark_step.py --student-config")

@@ -293,7 +293,7 @@ def test_eval_only_never_reads_the_teacher(
     detections = {}
     for meta_arch in ("TBDRetinaNet", "RetinaNet"):
         output = tmp_path / meta_arch
-        args = train_net.default_argument_parser().parse_args(
+        args = train_net.argument_parser().parse_args(
             ["--config-file", STUDENT_CONFIG, "--eval-only"]
             + teacher_opts(missing_teacher)
             + ["MODEL.META_ARCHITECTURE", meta_arch]

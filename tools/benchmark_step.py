@@ -69,6 +69,7 @@ from detectron2.utils.events import EventStorage, get_event_storage  # noqa: E40
 from torch import nn  # noqa: E402
 
 import tbd  # noqa: E402,F401  (registers TBDRetinaNet)
+from tbd.allocator import keep_freed_memory  # noqa: E402
 from tbd.config import load_tbd_config, resolve_config_file  # noqa: E402,F401
 from tbd.teacher import load_teacher_config  # noqa: E402
 
@@ -157,6 +158,13 @@ def parse_args(argv=None):
     p.add_argument("--memory-steps", type=int, default=2, help="steps of each memory process")
     p.add_argument("--skip-memory", action="store_true", help="time only (memory fields null)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument(
+        "--malloc",
+        choices=("keep", "default"),
+        default="keep",
+        help="on the CPU: 'keep' freed memory for reuse, as train_net.py does (tbd/allocator.py), "
+        "or glibc's 'default' settings (train_net.py --default-malloc)",
+    )
     p.add_argument("--seed", type=int, default=0, help="batch and weight initialization")
     p.add_argument("--output", default=None, help="json (default output/cost/<student>.json)")
     p.add_argument("--markdown", default=None, help="append a results section to this file")
@@ -582,6 +590,7 @@ def memory_worker(spec_path: str) -> None:
     """
     with open(spec_path) as f:
         spec = json.load(f)
+    apply_malloc(spec)  # inherited by the forked children
     results = {}
     for variant in spec["variants"]:
         path = os.path.join(os.path.dirname(spec["result"]), f"{variant}.json")
@@ -627,6 +636,13 @@ def run_memory(spec: dict, workdir: str) -> Dict[str, dict]:
         with open(sub["result"]) as f:
             results.update(json.load(f))
     return results
+
+
+def apply_malloc(spec: dict) -> bool:
+    """Set up malloc as training does for this device and ``--malloc``; whether it was changed."""
+    if spec["device"] == "cpu" and spec["malloc"] == "keep":
+        return keep_freed_memory()
+    return False
 
 
 # ------------------------------------------------------------------------------ report
@@ -741,6 +757,12 @@ def _value(entry: dict) -> str:
     return "n/a" if entry["value"] is None else f"{entry['value']:.3f}"
 
 
+def _malloc(settings: dict) -> str:
+    if settings["malloc_keeps_freed_memory"]:
+        return "keeps freed memory (tbd/allocator.py, as train_net.py trains on the CPU)"
+    return "the C library's default settings"
+
+
 def format_report(report: dict) -> str:
     """The results as markdown: a section per run (also what is printed)."""
     s, m, v = report["settings"], report["machine"], report["versions"]
@@ -755,7 +777,7 @@ def format_report(report: dict) -> str:
         f"{_load(m['load_average_1min'])}); Python {v['python']}, torch {v['torch']}, "
         f"detectron2 {v['detectron2']}, repo {v['repo_commit']}. Medians over {s['steps']} "
         f"interleaved rounds after {s['warmup']} warm-up rounds; teacher weights: "
-        f"{s['teacher_weights']}.",
+        f"{s['teacher_weights']}; malloc: {_malloc(s)}.",
         "",
         "```",
         report["command"],
@@ -839,7 +861,9 @@ def benchmark(args, workdir: str) -> dict:
         "seed": args.seed,
         "boxes": args.boxes,
         "memory_steps": args.memory_steps,
+        "malloc": args.malloc,
     }
+    kept = apply_malloc(spec)
     tbd_cfg, _ = build_cfgs(spec)
     spec["batch"] = args.batch or tbd_cfg.SOLVER.IMS_PER_BATCH
     spec["size"] = list(args.size or (tbd_cfg.INPUT.MIN_SIZE_TEST,) * 2)
@@ -889,6 +913,8 @@ def benchmark(args, workdir: str) -> dict:
         "memory_steps": None if args.skip_memory else args.memory_steps,
         "device": args.device,
         "seed": args.seed,
+        "malloc": args.malloc,
+        "malloc_keeps_freed_memory": kept,
     }
     ratios = compute_ratios(times, memory)
     verdicts = [entry["pass"] for entry in ratios.values() if entry["pass"] is not None]

@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 mkdir -p docs/results
 rm -f docs/results/cost.md
+# Every run keeps freed memory for reuse, as train_net.py trains on the CPU (tbd/allocator.py), except
+# the last, which measures glibc's default settings (train_net.py --default-malloc) for comparison.
 # Learning rate 0 at both scales: the same arithmetic per step (forward, backward, SGD update), but
 # random weights repeatedly stepped on one random batch at the real learning rate diverge (a
 # non-finite loss) within a few dozen steps.
@@ -24,3 +26,9 @@ $PY tools/benchmark_step.py \
     --batch 2 --size 800x1333 --steps 6 --warmup 1 \
     --output output/cost/coco_compiled.json --markdown docs/results/cost.md \
     SOLVER.BASE_LR 0.0 MODEL.TBD.HD.COMPILE True
+# The first COCO run again with glibc's default malloc settings: each step maps and zeroes fresh
+# pages for its large blocks.
+$PY tools/benchmark_step.py \
+    --student-config configs/COCO/tbd_R50_from_R101_1x.yaml --teacher-config '' --device "${DEVICE:-cpu}" \
+    --batch 2 --size 800x1333 --steps 6 --warmup 1 --malloc default \
+    --output output/cost/coco_default_malloc.json --markdown docs/results/cost.md SOLVER.BASE_LR 0.0

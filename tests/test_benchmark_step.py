@@ -47,6 +47,7 @@ TOP_LEVEL = {
     "settings",
     "machine",
     "versions",
+    "kernel",
     "models",
     "times",
     "memory",
@@ -171,7 +172,7 @@ def test_round_orders_are_permutations_that_vary_neighbours():
 
 def test_time_variants_interleaves_and_drops_warmup():
     stub = _StubWorkloads()
-    times = bench.time_variants(stub, steps=3, warmup=2, seed=1)
+    times, kernel = bench.time_variants(stub, steps=3, warmup=2, seed=1)
     n = len(bench.VARIANTS)
     assert stub.calls == [name for order in bench.round_orders(5, seed=1) for name in order]
     assert set(times) == set(bench.TIMED)
@@ -182,6 +183,10 @@ def test_time_variants_interleaves_and_drops_warmup():
     ]
     assert len(measured_tbd_calls) == 3
     assert times["tbd_losses"] == pytest.approx([0.001 * c for c in measured_tbd_calls])
+    assert set(kernel) == set(bench.VARIANTS)
+    for name in bench.VARIANTS:
+        assert len(kernel[name]["system_s"]) == len(kernel[name]["minor_faults"]) == 3
+        assert min(kernel[name]["system_s"]) >= 0 and min(kernel[name]["minor_faults"]) >= 0
 
 
 def test_memory_meter_sees_an_allocation():
@@ -295,6 +300,12 @@ def test_toy_run_writes_every_documented_field(toy_run):
         assert all(math.isfinite(s) and s > 0 for s in t["samples_s"])
         assert t["median_s"] == pytest.approx(statistics.median(t["samples_s"]))
         assert t["min_s"] <= t["median_s"] <= t["max_s"]
+
+    assert set(saved["kernel"]) == set(bench.VARIANTS)  # tbd_losses runs inside tbd_step
+    for name, k in saved["kernel"].items():
+        assert len(k["system_s"]) == len(k["minor_faults"]) == 2
+        assert k["median_system_s"] == pytest.approx(statistics.median(k["system_s"]))
+        assert k["median_minor_faults"] == statistics.median(k["minor_faults"])
 
     medians = {name: saved["times"][name]["median_s"] for name in bench.TIMED}
     ratios = saved["ratios"]

@@ -411,14 +411,20 @@ def round_orders(rounds: int, seed: int) -> List[List[str]]:
 
 def time_variants(
     workloads: Workloads, steps: int, warmup: int, seed: int = 0
-) -> Dict[str, List[float]]:
+) -> Tuple[Dict[str, List[float]], Dict[str, Dict[str, List[float]]]]:
     """
     Wall time of each variant per round, interleaved: every round runs every variant once, in the
     order of :func:`round_orders`. The first ``warmup`` rounds are not recorded. ``tbd_losses`` is
     recorded inside each ``tbd_step``.
+
+    Returns:
+        (times, kernel): the wall times per variant; and per variant (not ``tbd_losses``) what the
+        process spent in the kernel in each round, from ``getrusage``: ``system_s`` (system CPU
+        time of all threads) and ``minor_faults`` (pages mapped in, e.g. fresh memory to zero).
     """
     runners = {name: workloads.runner(name) for name in VARIANTS}
     times: Dict[str, List[float]] = {name: [] for name in VARIANTS}
+    kernel = {name: {"system_s": [], "minor_faults": []} for name in VARIANTS}
     sync = workloads.sync
     # Past the distillation warm-up ramp: the steady-state step (the cost is the same either way).
     with EventStorage(workloads.tbd_cfg.MODEL.TBD.WARMUP_ITERS):
@@ -427,19 +433,23 @@ def time_variants(
                 workloads.loss_times.clear()
             for name in order:
                 sync()
+                usage = resource.getrusage(resource.RUSAGE_SELF)
                 start = time.perf_counter()
                 runners[name]()
                 sync()
                 elapsed = time.perf_counter() - start
+                after = resource.getrusage(resource.RUSAGE_SELF)
                 if i >= warmup:
                     times[name].append(elapsed)
+                    kernel[name]["system_s"].append(after.ru_stime - usage.ru_stime)
+                    kernel[name]["minor_faults"].append(after.ru_minflt - usage.ru_minflt)
             logger.info(f"round {i + 1}/{warmup + steps}{' (warm-up)' if i < warmup else ''}")
     times["tbd_losses"] = list(workloads.loss_times)
     if len(times["tbd_losses"]) != steps:
         raise RuntimeError(
             f"distillation_losses ran {len(times['tbd_losses'])} times in {steps} TBD steps"
         )
-    return times
+    return times, kernel
 
 
 def summarize(samples: Sequence[float]) -> dict:
@@ -795,15 +805,17 @@ def format_report(report: dict) -> str:
     per_variant = memory["variants"] if memory else {}
     lines += [
         "",
-        "| variant | median ms | min ms | peak MiB | run peak MiB |",
-        "|---|---|---|---|---|",
+        "| variant | median ms | min ms | system CPU ms | page faults | peak MiB | run peak MiB |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in TIMED:
-        t = report["times"][name]
+        t, k = report["times"][name], report["kernel"].get(name)
         mem = per_variant.get(name, {})
+        system = _ms(k["median_system_s"]) if k else "n/a"
+        faults = f"{k['median_minor_faults']:.0f}" if k else "n/a"
         lines.append(
-            f"| {DESCRIPTIONS[name]} | {_ms(t['median_s'])} | {_ms(t['min_s'])} "
-            f"| {_mib(mem.get('peak_bytes'))} | {_mib(mem.get('run_peak_bytes'))} |"
+            f"| {DESCRIPTIONS[name]} | {_ms(t['median_s'])} | {_ms(t['min_s'])} | {system} "
+            f"| {faults} | {_mib(mem.get('peak_bytes'))} | {_mib(mem.get('run_peak_bytes'))} |"
         )
     if memory:
         lines += [
@@ -886,8 +898,16 @@ def benchmark(args, workdir: str) -> dict:
         f"batch {spec['batch']} x {spec['size'][0]}x{spec['size'][1]}, "
         f"{torch.get_num_threads()} torch threads"
     )
-    samples = time_variants(workloads, args.steps, args.warmup, args.seed)
+    samples, kernel_samples = time_variants(workloads, args.steps, args.warmup, args.seed)
     times = {name: summarize(samples[name]) for name in TIMED}
+    kernel = {
+        name: {
+            "median_system_s": statistics.median(k["system_s"]),
+            "median_minor_faults": statistics.median(k["minor_faults"]),
+            **k,
+        }
+        for name, k in kernel_samples.items()
+    }
     del workloads, teacher
     gc.collect()
 
@@ -927,6 +947,7 @@ def benchmark(args, workdir: str) -> dict:
         "versions": versions(),
         "models": models,
         "times": times,
+        "kernel": kernel,
         "memory": memory,
         "ratios": ratios,
         "all_pass": all(verdicts),

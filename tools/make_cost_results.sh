@@ -32,3 +32,6 @@ $PY tools/benchmark_step.py \
     --student-config configs/COCO/tbd_R50_from_R101_1x.yaml --teacher-config '' --device "${DEVICE:-cpu}" \
     --batch 2 --size 800x1333 --steps 6 --warmup 1 --malloc default \
     --output output/cost/coco_default_malloc.json --markdown docs/results/cost.md SOLVER.BASE_LR 0.0
+# And the synthetic scale with glibc's defaults.
+$PY tools/benchmark_step.py --steps 20 --warmup 3 --malloc default \
+    --output output/cost/synthetic_default_malloc.json --markdown docs/results/cost.md SOLVER.BASE_LR 0.0

@@ -92,11 +92,19 @@ def prepare_datasets(cfg):
     register_datasets(cfg)
 
 
+def configure_malloc(cfg, args) -> bool:
+    """On the CPU, unless ``--default-malloc``: keep freed memory for reuse in this process (every
+    process of a launch calls it), so that steps reuse pages instead of mapping and zeroing new
+    ones (tbd/allocator.py). Args from detectron2's own ``default_argument_parser`` keep it too.
+    Returns whether malloc was changed."""
+    if cfg.MODEL.DEVICE != "cpu" or getattr(args, "default_malloc", False):
+        return False
+    return keep_freed_memory()
+
+
 def main(args):
     cfg = setup(args)
-    if cfg.MODEL.DEVICE == "cpu" and not args.default_malloc:
-        # every process of a launch: the steps reuse freed memory instead of new zeroed pages
-        keep_freed_memory()
+    configure_malloc(cfg, args)
     prepare_datasets(cfg)
 
     if args.eval_only:

@@ -51,3 +51,25 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again():
 @pytest.mark.skipif(GLIBC, reason="not glibc: nothing to change")
 def test_other_c_libraries_are_left_alone():
     assert probe("keep")["kept"] is False
+
+
+def test_train_net_keeps_freed_memory_on_the_cpu_unless_told_not_to(monkeypatch):
+    from detectron2.config import get_cfg
+    from detectron2.engine import default_argument_parser
+
+    import train_net
+
+    calls = []
+    monkeypatch.setattr(train_net, "keep_freed_memory", lambda: calls.append(1) or True)
+    cfg = get_cfg()
+    cfg.MODEL.DEVICE = "cpu"
+    parse = train_net.argument_parser().parse_args
+    assert train_net.configure_malloc(cfg, parse([])) is True
+    # detectron2's own parser has no --default-malloc: the training default holds
+    assert train_net.configure_malloc(cfg, default_argument_parser().parse_args([])) is True
+    assert len(calls) == 2
+    assert parse(["--default-malloc"]).default_malloc is True
+    assert train_net.configure_malloc(cfg, parse(["--default-malloc"])) is False
+    cfg.MODEL.DEVICE = "cuda"
+    assert train_net.configure_malloc(cfg, parse([])) is False
+    assert len(calls) == 2

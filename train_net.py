@@ -18,7 +18,7 @@ from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from tbd.allocator import keep_freed_memory
+from tbd import allocator
 from tbd.checkpoint import AtomicCheckpointer
 from tbd.config import load_tbd_config
 from tbd.datasets import register_datasets
@@ -93,13 +93,13 @@ def prepare_datasets(cfg):
 
 
 def configure_malloc(cfg, args) -> bool:
-    """On the CPU, unless ``--default-malloc``: keep freed memory for reuse in this process (every
-    process of a launch calls it), so that steps reuse pages instead of mapping and zeroing new
-    ones (tbd/allocator.py). Args from detectron2's own ``default_argument_parser`` keep it too.
-    Returns whether malloc was changed."""
-    if cfg.MODEL.DEVICE != "cpu" or getattr(args, "default_malloc", False):
-        return False
-    return keep_freed_memory()
+    """On the CPU, unless ``--default-malloc``, keep freed memory for reuse in this process (every
+    process of a launch calls it; tbd/allocator.py). Args from detectron2's own
+    ``default_argument_parser`` have no ``--default-malloc`` and keep it too. Returns whether it
+    is kept."""
+    return allocator.configure_malloc(
+        cfg.MODEL.DEVICE, keep=not getattr(args, "default_malloc", False)
+    )
 
 
 def main(args):

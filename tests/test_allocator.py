@@ -58,9 +58,10 @@ def test_train_net_keeps_freed_memory_on_the_cpu_unless_told_not_to(monkeypatch)
     from detectron2.engine import default_argument_parser
 
     import train_net
+    from tbd import allocator
 
     calls = []
-    monkeypatch.setattr(train_net, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
     cfg = get_cfg()
     cfg.MODEL.DEVICE = "cpu"
     parse = train_net.argument_parser().parse_args

@@ -69,7 +69,7 @@ from detectron2.utils.events import EventStorage, get_event_storage  # noqa: E40
 from torch import nn  # noqa: E402
 
 import tbd  # noqa: E402,F401  (registers TBDRetinaNet)
-from tbd.allocator import keep_freed_memory  # noqa: E402
+from tbd.allocator import configure_malloc  # noqa: E402
 from tbd.config import load_tbd_config, resolve_config_file  # noqa: E402,F401
 from tbd.teacher import load_teacher_config  # noqa: E402
 
@@ -600,7 +600,9 @@ def memory_worker(spec_path: str) -> None:
     """
     with open(spec_path) as f:
         spec = json.load(f)
-    apply_malloc(spec)  # inherited by the forked children
+    configure_malloc(
+        spec["device"], keep=spec["malloc"] == "keep"
+    )  # the forked children inherit it
     results = {}
     for variant in spec["variants"]:
         path = os.path.join(os.path.dirname(spec["result"]), f"{variant}.json")
@@ -646,13 +648,6 @@ def run_memory(spec: dict, workdir: str) -> Dict[str, dict]:
         with open(sub["result"]) as f:
             results.update(json.load(f))
     return results
-
-
-def apply_malloc(spec: dict) -> bool:
-    """Set up malloc as training does for this device and ``--malloc``; whether it was changed."""
-    if spec["device"] == "cpu" and spec["malloc"] == "keep":
-        return keep_freed_memory()
-    return False
 
 
 # ------------------------------------------------------------------------------ report
@@ -875,7 +870,7 @@ def benchmark(args, workdir: str) -> dict:
         "memory_steps": args.memory_steps,
         "malloc": args.malloc,
     }
-    kept = apply_malloc(spec)
+    kept = configure_malloc(spec["device"], keep=spec["malloc"] == "keep")
     tbd_cfg, _ = build_cfgs(spec)
     spec["batch"] = args.batch or tbd_cfg.SOLVER.IMS_PER_BATCH
     spec["size"] = list(args.size or (tbd_cfg.INPUT.MIN_SIZE_TEST,) * 2)

@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 mkdir -p docs/results
 rm -f docs/results/cost.md
-# Every run keeps freed memory for reuse, as train_net.py trains on the CPU (tbd/allocator.py), except
-# the last, which measures glibc's default settings (train_net.py --default-malloc) for comparison.
+# The first three runs keep freed memory for reuse, as train_net.py trains on the CPU
+# (tbd/allocator.py); the last two measure glibc's default settings (train_net.py --default-malloc)
+# for comparison.
 # Learning rate 0 at both scales: the same arithmetic per step (forward, backward, SGD update), but
 # random weights repeatedly stepped on one random batch at the real learning rate diverge (a
 # non-finite loss) within a few dozen steps.

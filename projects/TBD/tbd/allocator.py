@@ -44,6 +44,19 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     if not (mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, -1)):
-        logger.warning("mallopt refused M_MMAP_MAX / M_TRIM_THRESHOLD; malloc left as it is")
+        logger.warning("mallopt refused M_MMAP_MAX or M_TRIM_THRESHOLD; freed memory is not kept")
         return False
     return True
+
+
+def configure_malloc(device: str, keep: bool = True) -> bool:
+    """
+    Set up malloc for work on ``device`` the way training does: on the CPU, unless ``keep`` is
+    False, :func:`keep_freed_memory`; elsewhere (CUDA has its own caching allocator) nothing.
+
+    Returns:
+        whether freed memory is now kept.
+    """
+    if device != "cpu" or not keep:
+        return False
+    return keep_freed_memory()

@@ -600,9 +600,8 @@ def memory_worker(spec_path: str) -> None:
     """
     with open(spec_path) as f:
         spec = json.load(f)
-    configure_malloc(
-        spec["device"], keep=spec["malloc"] == "keep"
-    )  # the forked children inherit it
+    # set before forking: the children inherit it
+    configure_malloc(spec["device"], keep=spec["malloc"] == "keep")
     results = {}
     for variant in spec["variants"]:
         path = os.path.join(os.path.dirname(spec["result"]), f"{variant}.json")

@@ -18,9 +18,13 @@ from detectron2.structures import Boxes, Instances
 from PIL import Image
 
 from tbd.analysis import (
+    CONFIDENT_SCORE,
+    MATCH_IOU,
     STATISTICS,
+    HarmonyAnalysis,
     average_ranks,
     detection_quality,
+    detection_subsets,
     foreground_harmony,
     harmony_statistics,
     labelled_test_loader,
@@ -150,6 +154,44 @@ def test_detection_quality_same_class_max_iou_topk():
     assert u.tolist() == [0.0] * 4
     s, u = detection_quality(dets[torch.zeros(4, dtype=torch.bool)], gt, topk=10)
     assert len(s) == len(u) == 0
+
+
+def test_detection_subsets_leave_background_boxes_out():
+    # two matched (u >= 0.5), one confident false positive, one confident and matched, and many
+    # background boxes with s and u near 0: harmonious, but in neither subset
+    s = torch.tensor([0.9, 0.2, 0.8, 0.6] + [0.01] * 12)
+    u = torch.tensor([0.85, 0.7, 0.0, 0.5] + [0.0] * 12)
+    subsets = detection_subsets(s, u)
+    assert subsets["matched"].tolist() == [True, True, False, True] + [False] * 12
+    assert subsets["confident"].tolist() == [True, False, True, True] + [False] * 12
+    assert (MATCH_IOU, CONFIDENT_SCORE) == (0.5, 0.3)  # the thresholds the docs state
+    tight = detection_subsets(s, u, match_iou=0.75, confident_score=0.85)
+    assert tight["matched"].sum() == 1 and tight["confident"].sum() == 1
+    with pytest.raises(ValueError):
+        detection_subsets(s, u[:3])
+
+    analysis = HarmonyAnalysis(
+        anchor_scores=torch.tensor([0.5, 0.75]),
+        anchor_ious=torch.tensor([0.5, 0.25]),
+        detection_scores=s,
+        detection_ious=u,
+    )
+    stats = analysis.statistics(0.2)
+    assert list(stats) == ["anchors", "detections_matched", "detections_confident", "detections"]
+    # all 16 top-k detections: the 12 background boxes make them look harmonious
+    assert stats["detections"]["count"] == 16 and stats["detections"]["num_harmonious"] == 14
+    # matched: 0.9/0.85 and 0.6/0.5 harmonious, 0.2/0.7 not
+    assert stats["detections_matched"]["count"] == 3
+    assert stats["detections_matched"]["num_harmonious"] == 2
+    # confident: 0.9/0.85 and 0.6/0.5 harmonious, the false positive 0.8/0.0 not
+    assert stats["detections_confident"]["count"] == 3
+    assert stats["detections_confident"]["num_harmonious"] == 2
+    assert stats["anchors"]["count"] == 2 and stats["anchors"]["num_harmonious"] == 1
+    assert analysis.statistics(0.2, match_iou=0.8)["detections_matched"]["count"] == 1
+    # no detection at all: every subset is empty, with undefined values
+    empty = HarmonyAnalysis(torch.zeros(0), torch.zeros(0), torch.zeros(0), torch.zeros(0))
+    for entry in empty.statistics(0.2).values():
+        assert entry["count"] == 0 and entry["harmonious_fraction"] is None
 
 
 # ---------------------------------------------------------------- the tool, end to end

@@ -9,6 +9,10 @@ Two sets of predictions are measured, each as pairs (s, u) of a classification s
   (docs/method.md, "Harmony Score");
 * final detections: the top-k detections of each image by score, s = the detection score and
   u = the largest IoU with a ground-truth box of the detected class (0 when there is none).
+  Most of the top 100 are background boxes with s and u both near 0, which count as harmonious
+  whatever the model; the detections that matter are the subsets :func:`detection_subsets`
+  selects: those matched to a ground-truth box (u >= :data:`MATCH_IOU`) and the confident ones
+  (s >= :data:`CONFIDENT_SCORE`).
 
 A prediction is harmonious when |s - u| <= delta. :func:`harmony_statistics` summarizes a set of
 pairs (harmonious proportion, Pearson and Spearman correlation, mean Harmony Score).
@@ -46,6 +50,11 @@ STATISTICS = (
     "mean_iou",
 )
 _CHUNK = 1 << 20
+# A detection is matched to a ground-truth box when its IoU with one of the detected class reaches
+# MATCH_IOU (COCO's loosest threshold, AP50); it is confident when its score reaches
+# CONFIDENT_SCORE. The subsets of HarmonyAnalysis.statistics.
+MATCH_IOU = 0.5
+CONFIDENT_SCORE = 0.3
 
 
 def labelled_test_loader(cfg, dataset_name, max_images: Optional[int] = None):
@@ -182,6 +191,27 @@ def detection_quality(
     return detections.scores, best
 
 
+def detection_subsets(
+    scores: Tensor,
+    ious: Tensor,
+    match_iou: float = MATCH_IOU,
+    confident_score: float = CONFIDENT_SCORE,
+) -> Dict[str, Tensor]:
+    """
+    The detections that matter among the top-k of :func:`detection_quality` (1-d tensors s, u of
+    shape (D,)), as boolean masks of shape (D,)::
+
+        matched   = u >= match_iou         matched to a ground-truth box of the detected class
+        confident = s >= confident_score
+
+    A background box (s and u both near 0) is in neither: it is "harmonious" (|s - u| small)
+    whatever the model, and the top 100 per image are mostly such boxes.
+    """
+    if scores.shape != ious.shape:
+        raise ValueError(f"scores and ious differ in shape: {scores.shape} vs {ious.shape}")
+    return {"matched": ious >= match_iou, "confident": scores >= confident_score}
+
+
 def average_ranks(x: Tensor) -> Tensor:
     """
     1-based ranks of the values of a 1-d tensor, ties sharing the average of their ranks (the
@@ -286,11 +316,29 @@ class HarmonyAnalysis:
     coco: Dict[str, float] = field(default_factory=dict)
     mask_samples: List[dict] = field(default_factory=list)
 
-    def statistics(self, delta: float) -> Dict[str, Dict[str, Optional[float]]]:
-        """:func:`harmony_statistics` of the ``detections`` and of the foreground ``anchors``."""
+    def statistics(
+        self,
+        delta: float,
+        match_iou: float = MATCH_IOU,
+        confident_score: float = CONFIDENT_SCORE,
+    ) -> Dict[str, Dict[str, Optional[float]]]:
+        """
+        :func:`harmony_statistics` of the foreground ``anchors``, of the top-k detections that
+        matter (:func:`detection_subsets`): ``detections_matched`` (u >= ``match_iou``) and
+        ``detections_confident`` (s >= ``confident_score``), and of all top-k ``detections``
+        (mostly background boxes with s ~ u ~ 0, harmonious by construction: read the subsets).
+        """
+        s, u = self.detection_scores, self.detection_ious
+        subsets = detection_subsets(s, u, match_iou, confident_score)
         return {
-            "detections": harmony_statistics(self.detection_scores, self.detection_ious, delta),
             "anchors": harmony_statistics(self.anchor_scores, self.anchor_ious, delta),
+            "detections_matched": harmony_statistics(
+                s[subsets["matched"]], u[subsets["matched"]], delta
+            ),
+            "detections_confident": harmony_statistics(
+                s[subsets["confident"]], u[subsets["confident"]], delta
+            ),
+            "detections": harmony_statistics(s, u, delta),
         }
 
 

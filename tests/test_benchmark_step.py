@@ -1,6 +1,7 @@
-"""tools/benchmark_step.py: the interleaved timing loop, the ratios and their verdicts, the memory
-meter, the shared weights of the compared models, the model-zoo code path, and the whole benchmark
-at toy size (its json and markdown). No assertion depends on how fast anything runs."""
+"""The step-cost benchmark (tbd.experiments.cost, tools/benchmark_step.py): the interleaved timing
+loop, the ratios and their verdicts, the memory meter, the shared weights of the compared models,
+the model-zoo code path, and the whole tool at toy size (its json and markdown). No assertion
+depends on how fast anything runs."""
 
 import importlib.util
 import json
@@ -17,12 +18,17 @@ from detectron2.modeling import RetinaNet, build_model
 from detectron2.utils.events import EventStorage
 
 from tbd import TBDRetinaNet
+from tbd.config import resolve_config_file
+from tbd.experiments.cost import benchmark as cost
+from tbd.experiments.cost import memory as cost_memory
+from tbd.experiments.cost import report as cost_report
+from tbd.experiments.cost import timing, workloads
 from tbd.teacher import load_teacher_config
 
 TOOL = os.path.join(REPO, "tools", "benchmark_step.py")
 _spec = importlib.util.spec_from_file_location("benchmark_step", TOOL)
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tool)
 
 TOY_ARGS = [
     "--student-config",
@@ -89,17 +95,17 @@ def toy_spec(teacher_weights, **overrides):
 
 
 def test_parse_size_and_argument_checks():
-    assert bench.parse_size("128") == (128, 128)
-    assert bench.parse_size("800x1333") == (800, 1333)
+    assert tool.parse_size("128") == (128, 128)
+    assert tool.parse_size("800x1333") == (800, 1333)
     for bad in ("abc", "16", "1x2x3"):
         with pytest.raises(Exception):
-            bench.parse_size(bad)
+            tool.parse_size(bad)
     for bad in (["--steps", "0"], ["--warmup", "-1"], ["--batch", "0"], ["MODEL.DEVICE"]):
         with pytest.raises(SystemExit):
-            bench.parse_args(bad)
-    args = bench.parse_args(["--size", "96x128", "MODEL.TBD.HD.BETA", "1.5"])
+            tool.parse_args(bad)
+    args = tool.parse_args(["--size", "96x128", "MODEL.TBD.HD.BETA", "1.5"])
     assert args.size == (96, 128) and args.opts == ["MODEL.TBD.HD.BETA", "1.5"]
-    assert args.steps == 20 and args.student_config == bench.DEFAULT_STUDENT
+    assert args.steps == 20 and args.student_config == tool.DEFAULT_STUDENT
 
 
 def _times(**medians):
@@ -116,7 +122,7 @@ def test_ratios_and_verdicts_hand_case():
         retinanet_inference=1.0,
     )
     memory = {"tbd_peak_bytes": 105, "floor_bytes": 100}
-    ratios = bench.compute_ratios(times, memory)
+    ratios = cost_report.compute_ratios(times, memory)
     assert set(ratios) == {"overhead", "loss_share", "eval_parity", "memory"}
     assert ratios["overhead"]["value"] == pytest.approx(1.6 / 1.5)
     assert ratios["overhead"]["pass"] is True
@@ -126,7 +132,7 @@ def test_ratios_and_verdicts_hand_case():
     assert ratios["eval_parity"]["pass"] is False
     assert ratios["memory"]["value"] == pytest.approx(1.05) and ratios["memory"]["pass"] is True
     assert [r["target"] for r in ratios.values()] == [1.10, 0.10, 1.02, 1.10]
-    skipped = bench.compute_ratios(times, None)["memory"]
+    skipped = cost_report.compute_ratios(times, None)["memory"]
     assert skipped["value"] is None and skipped["pass"] is None
 
 
@@ -136,7 +142,7 @@ def test_memory_floor_sums_student_teacher_weights_and_forward():
         "teacher_forward": {"peak_bytes": 900, "run_peak_bytes": 40},
         "tbd_step": {"peak_bytes": 420, "run_peak_bytes": 150},
     }
-    summary = bench.memory_summary(per_variant, teacher_weights_bytes=70)
+    summary = cost_memory.memory_summary(per_variant, teacher_weights_bytes=70)
     # the teacher forward counts by what it adds over loaded models (40), not its peak (900)
     assert summary["floor_bytes"] == 300 + 70 + 40
     assert summary["tbd_peak_bytes"] == 420 and summary["teacher_forward_peak_bytes"] == 40
@@ -161,36 +167,36 @@ class _StubWorkloads:
 
 
 def test_round_orders_are_permutations_that_vary_neighbours():
-    orders = bench.round_orders(50, seed=0)
-    assert orders == bench.round_orders(50, seed=0)  # deterministic
-    assert all(sorted(order) == sorted(bench.VARIANTS) for order in orders)
+    orders = timing.round_orders(50, seed=0)
+    assert orders == timing.round_orders(50, seed=0)  # deterministic
+    assert all(sorted(order) == sorted(workloads.VARIANTS) for order in orders)
     calls = [name for order in orders for name in order]
     neighbours = {(a, b) for a, b in zip(calls, calls[1:])}
     # every variant runs right after every other one at some point (a rotated order would not)
-    assert neighbours >= {(a, b) for a in bench.VARIANTS for b in bench.VARIANTS if a != b}
+    assert neighbours >= {(a, b) for a in workloads.VARIANTS for b in workloads.VARIANTS if a != b}
 
 
 def test_time_variants_interleaves_and_drops_warmup():
     stub = _StubWorkloads()
-    times, kernel = bench.time_variants(stub, steps=3, warmup=2, seed=1)
-    n = len(bench.VARIANTS)
-    assert stub.calls == [name for order in bench.round_orders(5, seed=1) for name in order]
-    assert set(times) == set(bench.TIMED)
-    assert all(len(times[name]) == 3 and min(times[name]) >= 0 for name in bench.TIMED)
+    times, kernel = timing.time_variants(stub, steps=3, warmup=2, seed=1)
+    n = len(workloads.VARIANTS)
+    assert stub.calls == [name for order in timing.round_orders(5, seed=1) for name in order]
+    assert set(times) == set(workloads.TIMED)
+    assert all(len(times[name]) == 3 and min(times[name]) >= 0 for name in workloads.TIMED)
     # the loss times are those of the 3 measured TBD steps, not of the warm-up rounds
     measured_tbd_calls = [
         k + 1 for k, name in enumerate(stub.calls) if name == "tbd_step" and k >= 2 * n
     ]
     assert len(measured_tbd_calls) == 3
     assert times["tbd_losses"] == pytest.approx([0.001 * c for c in measured_tbd_calls])
-    assert set(kernel) == set(bench.VARIANTS)
-    for name in bench.VARIANTS:
+    assert set(kernel) == set(workloads.VARIANTS)
+    for name in workloads.VARIANTS:
         assert len(kernel[name]["system_s"]) == len(kernel[name]["minor_faults"]) == 3
         assert min(kernel[name]["system_s"]) >= 0 and min(kernel[name]["minor_faults"]) >= 0
 
 
 def test_memory_meter_sees_an_allocation():
-    meter = bench.MemoryMeter("cpu")
+    meter = cost_memory.MemoryMeter("cpu")
     meter.mark_ready()
     block = torch.ones(64 * 2**20 // 4)  # 64 MiB, written, so resident
     result = meter.result()
@@ -203,8 +209,8 @@ def test_memory_meter_sees_an_allocation():
 def test_calibrated_norms_normalize_their_input(teacher_weights):
     torch.manual_seed(0)
     model = build_model(load_cfg(TEACHER_CONFIG))
-    batch = bench.make_batch(2, 64, 64, num_classes=6, boxes=3, seed=0)
-    bench.calibrate_norms(model, batch)
+    batch = workloads.make_batch(2, 64, 64, num_classes=6, boxes=3, seed=0)
+    workloads.calibrate_norms(model, batch)
     assert model.training  # the mode is restored
     outputs = []
     norm = model.backbone.bottom_up.stem.conv1.norm
@@ -224,13 +230,13 @@ def test_model_zoo_pair_resolves_offline():
         student_config="COCO-Detection/retinanet_R_50_FPN_3x.yaml",
         teacher_config="COCO-Detection/retinanet_R_101_FPN_3x.yaml",
     )
-    tbd_cfg, plain_cfg = bench.build_cfgs(spec)
+    tbd_cfg, plain_cfg = workloads.build_cfgs(spec)
     assert tbd_cfg.MODEL.META_ARCHITECTURE == "TBDRetinaNet"
     assert plain_cfg.MODEL.META_ARCHITECTURE == "RetinaNet"
     assert tbd_cfg.MODEL.DEVICE == "cpu" and tbd_cfg.MODEL.RESNETS.DEPTH == 50
     assert load_teacher_config(tbd_cfg).MODEL.RESNETS.DEPTH == 101
     with pytest.raises(FileNotFoundError):
-        bench.resolve_config_file("COCO-Detection/no_such_config.yaml")
+        resolve_config_file("COCO-Detection/no_such_config.yaml")
 
 
 # ---------------------------------------------------------------- the workloads
@@ -238,32 +244,32 @@ def test_model_zoo_pair_resolves_offline():
 
 def test_workloads_share_weights_and_time_the_real_losses(teacher_weights):
     spec = toy_spec(teacher_weights)
-    batch = bench.make_batch(**bench._batch_args(spec))
-    workloads = bench.Workloads(spec, batch)
-    tbd_eval, plain_eval = workloads.model("tbd_eval"), workloads.model("plain_eval")
+    batch = workloads.make_batch(**workloads.batch_args(spec))
+    loads = workloads.Workloads(spec, batch)
+    tbd_eval, plain_eval = loads.model("tbd_eval"), loads.model("plain_eval")
     assert type(tbd_eval) is TBDRetinaNet and type(plain_eval) is RetinaNet
-    assert not tbd_eval.training and workloads.model("tbd_train").training
+    assert not tbd_eval.training and loads.model("tbd_train").training
     plain_state = plain_eval.state_dict()
     for key, value in tbd_eval.state_dict().items():
-        if not key.startswith(bench.TBD_ONLY_PREFIXES):
+        if not key.startswith(workloads.TBD_ONLY_PREFIXES):
             assert torch.equal(value, plain_state[key]), key
-    a, b = workloads.runner("tbd_inference")(), workloads.runner("retinanet_inference")()
+    a, b = loads.runner("tbd_inference")(), loads.runner("retinanet_inference")()
     for x, y in zip(a, b):
         assert torch.equal(x["instances"].scores, y["instances"].scores)
         assert torch.equal(x["instances"].pred_boxes.tensor, y["instances"].pred_boxes.tensor)
 
-    teacher_out = workloads.runner("teacher_forward")()
+    teacher_out = loads.runner("teacher_forward")()
     num_anchors = sum(
-        len(a) for a in workloads.model("tbd_train").anchor_generator(teacher_out.features)
+        len(a) for a in loads.model("tbd_train").anchor_generator(teacher_out.features)
     )
     assert teacher_out.logits.shape == (2, num_anchors, 6)
     assert not teacher_out.logits.requires_grad
 
-    step = workloads.runner("tbd_step")
+    step = loads.runner("tbd_step")
     with EventStorage(0):
         losses = [step() for _ in range(2)]
     assert {"loss_hd_cls", "loss_hd_reg", "loss_tfd"} <= set(losses[-1])
-    assert len(workloads.loss_times) == 2 and min(workloads.loss_times) > 0
+    assert len(loads.loss_times) == 2 and min(loads.loss_times) > 0
 
 
 # ---------------------------------------------------------------- end to end at toy size
@@ -272,7 +278,7 @@ def test_workloads_share_weights_and_time_the_real_losses(teacher_weights):
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("benchmark")
-    report = bench.main(
+    report = tool.main(
         TOY_ARGS + ["--output", str(out / "cost.json"), "--markdown", str(out / "cost.md")]
     )
     with open(out / "cost.json") as f:
@@ -284,7 +290,7 @@ def toy_run(tmp_path_factory):
 def test_toy_run_writes_every_documented_field(toy_run):
     report, saved, _ = toy_run
     assert saved == json.loads(json.dumps(report))
-    assert set(saved) == TOP_LEVEL and saved["schema"] == bench.SCHEMA
+    assert set(saved) == TOP_LEVEL and saved["schema"] == cost.SCHEMA
     settings = saved["settings"]
     assert settings["size"] == [64, 64] and settings["batch"] == 2 and settings["steps"] == 2
     assert settings["teacher_name"] == "teacher_instant_test"
@@ -294,20 +300,20 @@ def test_toy_run_writes_every_documented_field(toy_run):
     assert saved["versions"]["torch"] == torch.__version__
     assert saved["command"].startswith("python tools/benchmark_step.py --student-config")
 
-    for name in bench.TIMED:
+    for name in workloads.TIMED:
         t = saved["times"][name]
         assert len(t["samples_s"]) == 2
         assert all(math.isfinite(s) and s > 0 for s in t["samples_s"])
         assert t["median_s"] == pytest.approx(statistics.median(t["samples_s"]))
         assert t["min_s"] <= t["median_s"] <= t["max_s"]
 
-    assert set(saved["kernel"]) == set(bench.VARIANTS)  # tbd_losses runs inside tbd_step
+    assert set(saved["kernel"]) == set(workloads.VARIANTS)  # tbd_losses runs inside tbd_step
     for name, k in saved["kernel"].items():
         assert len(k["system_s"]) == len(k["minor_faults"]) == 2
         assert k["median_system_s"] == pytest.approx(statistics.median(k["system_s"]))
         assert k["median_minor_faults"] == statistics.median(k["minor_faults"])
 
-    medians = {name: saved["times"][name]["median_s"] for name in bench.TIMED}
+    medians = {name: saved["times"][name]["median_s"] for name in workloads.TIMED}
     ratios = saved["ratios"]
     assert ratios["overhead"]["value"] == pytest.approx(
         medians["tbd_step"] / (medians["student_step"] + medians["teacher_forward"])
@@ -335,7 +341,7 @@ def test_toy_run_memory(toy_run):
     assert memory["teacher_weights_bytes"] == expected == saved["models"]["teacher_weights_bytes"]
     assert saved["models"]["teacher_parameters"] > saved["models"]["student_parameters"] > 0
     variants = memory["variants"]
-    assert set(variants) == set(bench.VARIANTS)
+    assert set(variants) == set(workloads.VARIANTS)
     for name, result in variants.items():
         assert set(result) == MEMORY_FIELDS, name
         assert result["peak_bytes"] > 0 and result["ready_bytes"] > 0, name
@@ -358,7 +364,7 @@ def test_toy_run_markdown_appends_sections_under_one_header(toy_run):
     report, _, out = toy_run
     path = out / "cost.md"
     text = path.read_text()
-    assert text.startswith(bench.MARKDOWN_HEADER)
+    assert text.startswith(cost_report.MARKDOWN_HEADER)
     for name, entry in report["ratios"].items():
         verdict = "PASS" if entry["pass"] else "FAIL"
         assert any(
@@ -366,9 +372,9 @@ def test_toy_run_markdown_appends_sections_under_one_header(toy_run):
             for line in text.splitlines()
         ), name
     assert report["command"] in text and torch.__version__ in text
-    for description in bench.DESCRIPTIONS.values():
+    for description in workloads.DESCRIPTIONS.values():
         assert description in text
-    bench.write_markdown(str(path), bench.format_report(report))
+    cost_report.write_markdown(str(path), cost_report.format_report(report))
     text = path.read_text()
     assert text.count("# Cost of distillation: measured results") == 1
     assert text.count("\n## ") == 2

@@ -242,16 +242,23 @@ def test_tool_writes_documented_harmony_json(compared):
     assert report["dataset"] == NAMES[1] and report["num_images"] == 4
     assert report["num_gt_boxes"] > 0
     assert report["delta"] == 0.2 and report["topk"] == 100
+    assert (report["match_iou"], report["confident_score"]) == (MATCH_IOU, CONFIDENT_SCORE)
     names = list(report["models"])
     assert names == ["teacher_instant_test", "tbd_instant_test"]
     assert report["mask_model"] == names[0]
     assert report["models"][names[1]]["meta_architecture"] == "TBDRetinaNet"
     for name, entry in report["models"].items():
-        assert {"config_file", "weights", "detections", "anchors", "coco"} <= set(entry)
-        for kind in ("detections", "anchors"):
+        kinds = ("anchors", "detections_matched", "detections_confident", "detections")
+        assert {"config_file", "weights", "coco", *kinds} <= set(entry)
+        for kind in kinds:
             stats = entry[kind]
             assert set(stats) == set(STATISTICS), (name, kind)
-            assert stats["count"] > 0, (name, kind)
+            if kind in ("anchors", "detections"):
+                assert stats["count"] > 0, (name, kind)
+            else:  # the subsets of the top-k detections
+                assert stats["count"] <= entry["detections"]["count"], (name, kind)
+                if stats["count"] == 0:
+                    continue
             assert 0 <= stats["num_harmonious"] <= stats["count"]
             assert stats["harmonious_fraction"] == stats["num_harmonious"] / stats["count"]
             for key in ("mean_harmony_score", "mean_score", "mean_iou"):
@@ -289,12 +296,15 @@ def test_tool_writes_decodable_figures(compared):
 
 
 def test_tool_topk_max_images_single_model(toy, tmp_path):
-    summary = _run(toy, tmp_path, "--topk", "2", "--max-images", "2", "--delta", "0.5")
+    thresholds = ["--match-iou", "0", "--confident-score", "0"]  # every detection in both
+    summary = _run(toy, tmp_path, "--topk", "2", "--max-images", "2", "--delta", "0.5", *thresholds)
     report = json.loads((tmp_path / "harmony.json").read_text())
     assert report == summary
     assert report["num_images"] == 2 and report["topk"] == 2 and report["delta"] == 0.5
+    assert report["match_iou"] == 0 and report["confident_score"] == 0
     (entry,) = report["models"].values()
     assert entry["detections"]["count"] == 2 * 2
+    assert entry["detections_matched"] == entry["detections_confident"] == entry["detections"]
     assert (tmp_path / "score_vs_iou.png").is_file() and (tmp_path / "masks.png").is_file()
 
 

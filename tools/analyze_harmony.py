@@ -8,9 +8,11 @@ Harmony analysis: how often a detector's classification score agrees with the Io
         --compare-config configs/Synthetic/student_R18.yaml \
         --compare-weights output/synthetic/student_R18/model_final.pth --output output/harmony
 
-Writes ``harmony.json`` (statistics and COCO AP per model), ``score_vs_iou.png`` (2D histogram of
-score against IoU on foreground anchors, one panel per model) and ``masks.png`` (the TFD masks the
-first model gives a few images, as a teacher). Definitions: docs/harmony_analysis.md.
+Writes ``harmony.json`` (statistics and COCO AP per model: foreground anchors, the detections
+matched to a ground-truth box, the confident detections, all top-k detections),
+``score_vs_iou.png`` (2D histogram of score against IoU on foreground anchors, one panel per model)
+and ``masks.png`` (the TFD masks the first model gives a few images, as a teacher). Definitions:
+docs/harmony_analysis.md; the code: tbd.analysis, tbd.experiments.harmony_runs and .figures.
 """
 
 import argparse
@@ -18,14 +20,10 @@ import json
 import logging
 import os
 
-import matplotlib
+from tqdm import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from tbd.analysis import CONFIDENT_SCORE, MATCH_IOU
+from tbd.experiments.figures import plot_masks, plot_score_vs_iou, score_iou_histogram
 
 logger = logging.getLogger("tbd.analyze_harmony")
 
@@ -45,6 +43,18 @@ def parse_args(argv=None):
     p.add_argument("--dataset", default=None, help="registered split (default: DATASETS.TEST[0])")
     p.add_argument("--delta", type=float, default=0.2, help="harmonious iff |s - u| <= delta")
     p.add_argument("--topk", type=int, default=100, help="detections per image that count")
+    p.add_argument(
+        "--match-iou",
+        type=float,
+        default=MATCH_IOU,
+        help="a detection is matched when its IoU with a ground truth of its class is >= this",
+    )
+    p.add_argument(
+        "--confident-score",
+        type=float,
+        default=CONFIDENT_SCORE,
+        help="a detection is confident when its score is >= this",
+    )
     p.add_argument("--max-images", type=int, default=None, help="only the first N images")
     p.add_argument("--mask-images", type=int, default=3, help="images shown in masks.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -66,19 +76,6 @@ def load_cfg(config_file, opts, weights):
     return cfg
 
 
-def build_model(cfg):
-    """The model in eval mode with its checkpoint; a TBDRetinaNet builds no teacher for this."""
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.modeling import build_model as build
-
-    model = build(cfg).eval()
-    if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    else:
-        logger.warning("MODEL.WEIGHTS is empty: analyzing a randomly initialized model")
-    return model
-
-
 def model_specs(args):
     """[(name, config file, weights)] of the one or two models, with distinct names."""
     specs = [(args.name, args.config_file, args.weights)]
@@ -95,91 +92,30 @@ def model_specs(args):
 def run_model(name, cfg, dataset, args, num_mask_images):
     from detectron2.evaluation import COCOEvaluator
 
-    from tbd.analysis import analyze_harmony, labelled_test_loader
+    from tbd.experiments.harmony_runs import load_eval_model, measure
 
-    model = build_model(cfg)
-    loader = labelled_test_loader(cfg, dataset, max_images=args.max_images)
+    model = load_eval_model(cfg)
     evaluator = COCOEvaluator(
         dataset,
         tasks=("bbox",),
         distributed=False,
         output_dir=os.path.join(args.output, "inference", name),
     )
-    batches = loader if args.no_progress else tqdm(loader, total=len(loader), desc=name)
-    analysis = analyze_harmony(
-        model, batches, topk=args.topk, evaluator=evaluator, num_mask_images=num_mask_images
+    analysis = measure(
+        model,
+        cfg,
+        dataset,
+        topk=args.topk,
+        evaluator=evaluator,
+        max_images=args.max_images,
+        num_mask_images=num_mask_images,
+        progress=None if args.no_progress else lambda loader: tqdm(loader, desc=name),
     )
     return analysis, model
 
 
-def plot_score_vs_iou(results, delta, path, bins=40):
-    """2D histogram of score (y) against IoU with the matched ground truth (x), foreground anchors,
-    one panel per model, with the band |s - u| <= delta."""
-    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.6), squeeze=False)
-    band = torch.linspace(0, 1, 101).numpy()
-    for ax, (name, (analysis, stats)) in zip(axes[0], results.items()):
-        s, u = analysis.anchor_scores.numpy(), analysis.anchor_ious.numpy()
-        a = stats["anchors"]
-        if a["count"]:
-            *_, image = ax.hist2d(
-                u, s, bins=bins, range=[[0, 1], [0, 1]], norm=LogNorm(), cmap="viridis", zorder=2
-            )
-            fig.colorbar(image, ax=ax, label="foreground anchors")
-            title = f"{name}: {a['harmonious_fraction']:.1%} of anchors harmonious"
-        else:
-            ax.text(0.5, 0.5, "no foreground anchors", ha="center", va="center")
-            title = f"{name}: no foreground anchors"
-        ax.fill_between(band, band - delta, band + delta, color="red", alpha=0.12, lw=0, zorder=1)
-        ax.plot([0, 1], [0, 1], color="gray", lw=1, ls="--", zorder=3, label="s = u")
-        ax.plot(band, band - delta, color="red", lw=1, zorder=3)
-        ax.plot(band, band + delta, color="red", lw=1, zorder=3, label=f"|s - u| <= {delta:g}")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="IoU with matched ground truth u")
-        ax.set(ylabel="classification score s", aspect="equal")
-        ax.set_title(f"{title}\n(n = {a['count']}, mean HS {_fmt(a['mean_harmony_score'])})")
-        ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def _fmt(value):
     return "n/a" if value is None else f"{value:.3f}"
-
-
-def plot_masks(name, samples, level_names, input_format, path):
-    """Per image two rows (M_cls, M_reg): the image with its ground truth, then one panel per
-    FPN level, computed from ``name``'s predictions as a teacher (tbd.losses.task_masks)."""
-    from detectron2.data.detection_utils import convert_image_to_rgb
-
-    if not samples:
-        return
-    cols = 1 + len(level_names)
-    fig, axes = plt.subplots(
-        2 * len(samples), cols, figsize=(2.0 * cols, 4.1 * len(samples)), squeeze=False
-    )
-    for i, sample in enumerate(samples):
-        image = convert_image_to_rgb(sample["image"].permute(1, 2, 0), input_format)
-        height, width = sample["padded_size"]
-        for row, (label, masks) in enumerate(
-            (("M_cls", sample["cls_masks"]), ("M_reg", sample["reg_masks"]))
-        ):
-            ax = axes[2 * i + row, 0]
-            ax.imshow(image, extent=(0, image.shape[1], image.shape[0], 0))
-            for x0, y0, x1, y1 in sample["gt_boxes"].tolist():
-                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="lime", lw=1))
-            ax.set(xlim=(0, width), ylim=(height, 0))
-            ax.set_ylabel(f"image {i}: {label}")
-            for level, (level_name, mask) in enumerate(zip(level_names, masks)):
-                ax = axes[2 * i + row, 1 + level]
-                ax.imshow(mask.numpy(), cmap="magma", vmin=0, extent=(0, width, height, 0))
-                ax.set_title(f"{level_name} max {float(mask.max()):.1f}", fontsize=8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(f"TFD masks of {name} as teacher (each averages 1 per image and level)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main(argv=None):
@@ -202,7 +138,7 @@ def main(argv=None):
     results, report = {}, {}
     for index, ((name, config, _), cfg) in enumerate(zip(specs, cfgs)):
         analysis, model = run_model(name, cfg, dataset, args, args.mask_images if index == 0 else 0)
-        stats = analysis.statistics(args.delta)
+        stats = analysis.statistics(args.delta, args.match_iou, args.confident_score)
         results[name] = (analysis, stats)
         report[name] = {
             "config_file": config,
@@ -228,18 +164,26 @@ def main(argv=None):
         "num_gt_boxes": first.num_gt,
         "delta": args.delta,
         "topk": args.topk,
+        "match_iou": args.match_iou,
+        "confident_score": args.confident_score,
         "mask_model": specs[0][0],
         "models": report,
     }
     with open(os.path.join(args.output, "harmony.json"), "w") as f:
         json.dump(summary, f, indent=2, allow_nan=False)
-    plot_score_vs_iou(results, args.delta, os.path.join(args.output, "score_vs_iou.png"))
+    panels = [
+        (name, score_iou_histogram(a.anchor_scores, a.anchor_ious), stats["anchors"])
+        for name, (a, stats) in results.items()
+    ]
+    plot_score_vs_iou(panels, args.delta, os.path.join(args.output, "score_vs_iou.png"))
     for name, entry in report.items():
-        d, a, c = entry["detections"], entry["anchors"], entry["coco"]
+        a, m, c = entry["anchors"], entry["detections_matched"], entry["detections_confident"]
         logger.info(
-            f"{name}: harmonious {_fmt(d['harmonious_fraction'])} of {d['count']} top-{args.topk} "
-            f"detections, {_fmt(a['harmonious_fraction'])} of {a['count']} foreground anchors; "
-            f"spearman(s, u) {_fmt(d['spearman'])} / {_fmt(a['spearman'])}; AP {_fmt(c['AP'])}"
+            f"{name}: harmonious {_fmt(a['harmonious_fraction'])} of {a['count']} foreground "
+            f"anchors (spearman(s, u) {_fmt(a['spearman'])}); of the top-{args.topk} detections, "
+            f"{_fmt(m['harmonious_fraction'])} of {m['count']} matched "
+            f"(spearman {_fmt(m['spearman'])}), {_fmt(c['harmonious_fraction'])} of "
+            f"{c['count']} confident; AP {_fmt(entry['coco']['AP'])}"
         )
     logger.info(f"wrote harmony.json, score_vs_iou.png, masks.png to {args.output}")
     return summary

@@ -1,7 +1,10 @@
-"""tools/benchmark_ablation.py: the targets on hand-made numbers, the planned commands, the ablation
-configs (they build and differ from TBD by their switches only, at full and at toy size), and the
-whole benchmark at toy size (json, markdown, reuse of finished runs)."""
+"""tools/benchmark_ablation.py and tbd.experiments.ablation: the planned commands (those recorded
+in docs/results/synthetic.json among them), the ablation configs of both regimes (they build and
+differ from TBD by their switches only, at full and at toy size), and the whole benchmark at toy
+size in both regimes (json, markdown, figure, reuse of finished runs, carry-over). The targets on
+hand-made numbers: tests/test_experiments.py."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -10,101 +13,14 @@ import sys
 import pytest
 from conftest import REPO, load_cfg
 from detectron2.modeling import RetinaNet, build_model
+from PIL import Image
 
 from tbd import TBDRetinaNet
+from tbd.experiments import ablation, runs
+from tbd.experiments.regimes import CONVERGED, REGIMES, SWITCHES, SYNTHETIC
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import benchmark_ablation as bench  # noqa: E402
-
-NAN = float("nan")
-
-
-def _rows(**aps):
-    """{row: {"mean", "std"}} from row=(mean, std) keyword arguments."""
-    return {row: {"mean": m, "std": s} for row, (m, s) in aps.items()}
-
-
-GOOD = dict(
-    baseline=(30.0, 0.4),
-    feature_mimic=(31.0, 0.5),
-    logit_kd=(32.0, 0.3),
-    hd_only=(33.0, 0.2),
-    tfd_only=(32.5, 0.6),
-    tbd=(35.0, 0.5),
-)
-
-
-def _status(targets):
-    assert len(targets) == 7
-    return [t["status"] for t in targets]
-
-
-def test_targets_all_pass():
-    targets = bench.evaluate_targets(_rows(**GOOD), teacher_ap=38.0)
-    assert _status(targets) == ["PASS"] * 7
-    # the numbers are in the details: gain +5, gap closed 5 / 8 = 62%, 3 x max std = 1.5
-    assert "+5.00" in targets[0]["detail"]
-    assert "62%" in targets[1]["detail"]
-    assert "= 1.50" in targets[2]["detail"]
-
-
-def test_targets_fail_with_numbers():
-    rows = dict(GOOD, tbd=(31.0, 0.5), hd_only=(29.0, 0.2), feature_mimic=(32.0, 0.1))
-    targets = bench.evaluate_targets(_rows(**rows), teacher_ap=38.0)
-    status = dict(zip(["gain", "gap", "noise", "hd", "tfd", "fm", "kd"], _status(targets)))
-    assert status == {
-        "gain": "FAIL",  # +1.0 < +3.0
-        "gap": "FAIL",  # 1 / 8 = 12% < 50%
-        "noise": "FAIL",  # 1.0 < 3 x 0.5
-        "hd": "FAIL",  # 29 < 30
-        "tfd": "PASS",  # 32.5 > 30
-        "fm": "FAIL",  # 32 > 31
-        "kd": "FAIL",  # 32 > 31
-    }
-
-
-def test_targets_boundaries_and_the_larger_std():
-    # gain exactly 3.0 and exactly half the gap pass (>=)
-    rows = dict(GOOD, baseline=(30.0, 0.1), tbd=(33.0, 0.1))
-    targets = bench.evaluate_targets(_rows(**rows), teacher_ap=36.0)
-    assert _status(targets)[:3] == ["PASS", "PASS", "PASS"]
-    # TBD's own std would pass (3 x 0.2 = 0.6 < 3.5) but the baseline's does not (3.6 > 3.5)
-    rows = dict(GOOD, baseline=(30.0, 1.2), tbd=(33.5, 0.2))
-    targets = bench.evaluate_targets(_rows(**rows), teacher_ap=36.0)
-    assert _status(targets)[2] == "FAIL" and "3.60" in targets[2]["detail"]
-    # gain equal to 3 x std is not "greater than"
-    rows = dict(GOOD, baseline=(30.0, 1.0), tbd=(33.0, 0.5))
-    assert _status(bench.evaluate_targets(_rows(**rows), teacher_ap=36.0))[2] == "FAIL"
-
-
-@pytest.mark.parametrize("teacher_ap", [30.0, 29.0, -1.0])
-def test_targets_no_gap_to_close_fails_without_dividing(teacher_ap):
-    targets = bench.evaluate_targets(_rows(**GOOD), teacher_ap=teacher_ap)  # baseline 30
-    assert targets[1]["status"] == "FAIL"
-    assert "no gap" in targets[1]["detail"]
-    assert _status(targets)[0] == "PASS"  # the other targets are unaffected
-
-
-def test_targets_missing_numbers_are_not_applicable():
-    # one seed: no std, so the noise target cannot be judged; the others can
-    one_seed = {k: (m, NAN) for k, (m, _) in GOOD.items()}
-    expected = ["PASS", "PASS", "N/A", "PASS", "PASS", "PASS", "PASS"]
-    assert _status(bench.evaluate_targets(_rows(**one_seed), teacher_ap=38.0)) == expected
-    # a subset of rows, an unknown teacher AP
-    subset = {k: GOOD[k] for k in ("baseline", "tbd")}
-    expected = ["PASS", "N/A", "PASS", "N/A", "N/A", "N/A", "N/A"]
-    assert _status(bench.evaluate_targets(_rows(**subset), teacher_ap=NAN)) == expected
-    # a row whose evaluation produced no AP (None in a reloaded json)
-    rows = _rows(**GOOD)
-    rows["hd_only"]["mean"] = None
-    assert _status(bench.evaluate_targets(rows, teacher_ap=38.0))[3] == "N/A"
-
-
-def test_schedule_steps():
-    assert bench.schedule(1500) == ["SOLVER.MAX_ITER", "1500", "SOLVER.STEPS", "(1125, 1350)"]
-    # detectron2 refuses a repeated milestone: short schedules keep one step
-    assert bench.schedule(4) == ["SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "(3,)"]
-    assert bench.schedule(1) == ["SOLVER.MAX_ITER", "1", "SOLVER.STEPS", "()"]
 
 
 def _opt(opts, key):
@@ -114,21 +30,24 @@ def _opt(opts, key):
 
 def test_plan_of_the_full_benchmark():
     args = bench.parse_args([])
+    assert args.regime is SYNTHETIC
     assert (args.seeds, args.iters, args.teacher_iters) == ([0, 1, 2], 1000, 3000)
-    assert args.rows == bench.ROW_NAMES and args.results == "docs/results/synthetic"
-    teacher, runs = bench.plan(args)
-    tbd = load_cfg(os.path.join(REPO, bench.CONFIGS["tbd"]))
+    assert args.rows == SYNTHETIC.row_names and args.results == "docs/results/synthetic"
+    assert args.output == "output/ablation"
+    teacher, planned = ablation.plan(args)
+    tbd = load_cfg(os.path.join(REPO, SYNTHETIC.configs["tbd"]))
     assert teacher["config"] == tbd.MODEL.TBD.TEACHER.CONFIG_FILE  # the teacher TBD names
     assert _opt(teacher["opts"], "SEED") == "0"
     assert _opt(teacher["opts"], "SOLVER.MAX_ITER") == "3000"
-    assert len(runs) == 6 * 3
-    assert len({_opt(r["opts"], "OUTPUT_DIR") for r in runs}) == 18
-    for run in runs:
+    assert len(planned) == 6 * 3
+    assert len({_opt(r["opts"], "OUTPUT_DIR") for r in planned}) == 18
+    for run in planned:
         opts = run["opts"]
-        assert run["config"] == bench.CONFIGS[run["row"]]
+        assert run["config"] == SYNTHETIC.configs[run["row"]]
         assert _opt(opts, "SEED") == str(run["seed"])
         assert _opt(opts, "SOLVER.STEPS") == "(750, 900)"
         assert _opt(opts, "OUTPUT_DIR") == f"output/ablation/{run['row']}/seed_{run['seed']}"
+        assert "TEST.EVAL_PERIOD" not in opts
         if run["row"] == "baseline":
             assert "MODEL.TBD.TEACHER.WEIGHTS" not in opts
         else:
@@ -137,13 +56,59 @@ def test_plan_of_the_full_benchmark():
         assert "DATASETS.SYNTHETIC.ROOT" not in opts  # the real dataset
 
 
+def test_planned_commands_are_those_docs_results_synthetic_json_recorded():
+    """Carry-over from the committed results keeps working: the planned commands (and the
+    teacher's) are, character for character, the ones recorded."""
+    with open(os.path.join(REPO, "docs", "results", "synthetic.json")) as f:
+        recorded = json.load(f)
+    settings = bench.parse_args(recorded["generated_by"].split()[2:])
+    teacher, planned = ablation.plan(settings)
+    assert runs.command_line(teacher) == recorded["teacher"]["command"]
+    for run in planned:
+        seeds = recorded["rows"][run["row"]]["seeds"]
+        assert runs.command_line(run) == seeds[str(run["seed"])]["command"], run["name"]
+
+
+def test_plan_of_the_converged_regime():
+    args = bench.parse_args(["--regime", "converged", "--jobs", "2"])
+    assert args.regime is CONVERGED
+    assert (args.iters, args.teacher_iters) == (CONVERGED.student_iters, CONVERGED.teacher_iters)
+    assert (args.output, args.results) == ("output/converged", "docs/results/converged")
+    teacher, planned = ablation.plan(args)
+    assert teacher["config"] == "configs/Converged/teacher.yaml"
+    assert _opt(teacher["opts"], "OUTPUT_DIR") == "output/converged/teacher"
+    assert len(planned) == 6 * 3 + 1
+    period = str(runs.eval_period(args.iters, CONVERGED.evaluations))
+    for run in planned[:-1]:
+        assert run["config"] == CONVERGED.configs[run["row"]]
+        evaluated = run["row"] in ("baseline", "tbd")
+        assert (
+            (_opt(run["opts"], "TEST.EVAL_PERIOD") == period)
+            if evaluated
+            else ("TEST.EVAL_PERIOD" not in run["opts"])
+        )
+    doubled = planned[-1]
+    assert doubled["name"] == "baseline_2x/seed_0" and doubled["row"] == "baseline_2x"
+    assert doubled["config"] == CONVERGED.configs["baseline"] and doubled["seed"] == 0
+    assert _opt(doubled["opts"], "SOLVER.MAX_ITER") == str(2 * args.iters)
+    assert _opt(doubled["opts"], "OUTPUT_DIR") == "output/converged/baseline_2x/seed_0"
+    assert "TEST.EVAL_PERIOD" not in doubled["opts"]
+    # no baseline row: no 2x run
+    _, planned = ablation.plan(bench.parse_args(["--regime", "converged", "--rows", "tbd"]))
+    assert [r["name"] for r in planned] == ["tbd/seed_0", "tbd/seed_1", "tbd/seed_2"]
+
+
 def test_toy_arguments_never_default_into_docs():
     args = bench.parse_args(["--toy", "--output", "somewhere", "--rows", "tbd", "baseline"])
     assert args.results == os.path.join("somewhere", "ablation")
     assert args.rows == ["baseline", "tbd"]  # the table's order
     assert bench.parse_args(["--toy"]).output != bench.parse_args([]).output
-    with pytest.raises(SystemExit):
-        bench.parse_args(["--seeds", "0", "0"])
+    converged = bench.parse_args(["--toy", "--regime", "converged"])
+    assert converged.output == "output/converged_toy"
+    assert converged.results == os.path.join("output/converged_toy", "ablation")
+    for bad in (["--seeds", "0", "0"], ["--iters", "0"], ["--jobs", "0"], ["--regime", "x"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
 
 
 # row: (class, HD target or None when HD is off, HD regression weighting, TFD mask or None,
@@ -156,13 +121,16 @@ EXPECTED = {
     "tfd_only": (TBDRetinaNet, None, None, "task", "dynamic"),
     "tbd": (TBDRetinaNet, "harmony", "harmony", "task", "dynamic"),
 }
+ROWS = [(regime, row) for regime in REGIMES for row in SYNTHETIC.row_names]
 
 
 def _check_switches(model, row):
     cls, hd_target, hd_weighting, tfd_mask, tfd_balance = EXPECTED[row]
-    assert type(model) is cls
-    if cls is RetinaNet:
+    if row == "baseline":  # a RetinaNet, or a TBDRetinaNet with HD and TFD disabled
+        assert type(model) in (RetinaNet, TBDRetinaNet)
+        assert not getattr(model, "distills", False)
         return
+    assert type(model) is cls
     assert model.distills
     if hd_target is None:
         assert model.hd_loss is None
@@ -176,25 +144,63 @@ def _check_switches(model, row):
         assert (model.tfd_mask, model.tfd_balance) == (tfd_mask, tfd_balance)
 
 
-@pytest.mark.parametrize("row", bench.ROW_NAMES)
-def test_row_configs_build_with_their_switches(row, teacher_weights, monkeypatch):
+@pytest.mark.parametrize("regime,row", ROWS)
+def test_row_configs_build_with_their_switches(regime, row, teacher_weights, monkeypatch):
     monkeypatch.chdir(REPO)  # the teacher config path in tbd_R18.yaml is relative to the repo
     opts = ["MODEL.TBD.TEACHER.WEIGHTS", teacher_weights]
-    cfg = load_cfg(os.path.join(REPO, bench.CONFIGS[row]), opts)
+    cfg = load_cfg(os.path.join(REPO, REGIMES[regime].configs[row]), opts)
     _check_switches(build_model(cfg), row)
 
 
-@pytest.mark.parametrize("row", bench.ROW_NAMES)
-def test_toy_rows_build_with_the_same_switches(row, teacher_weights, monkeypatch):
+@pytest.mark.parametrize("regime,row", ROWS)
+def test_toy_rows_build_with_the_same_switches(regime, row, teacher_weights, monkeypatch):
     monkeypatch.chdir(REPO)
-    args = bench.parse_args(["--toy", "--rows", row, "--seeds", "3"])
-    _, (run,) = bench.plan(args)
+    args = bench.parse_args(["--regime", regime, "--toy", "--rows", row, "--seeds", "3"])
+    _, (run, *extra) = ablation.plan(args)
     opts = list(run["opts"])
     if row == "baseline":
         assert "MODEL.TBD.TEACHER.WEIGHTS" not in opts
+        assert [r["name"] for r in extra] == (
+            ["baseline_2x/seed_3"] if regime == "converged" else []
+        )
     else:
         opts[opts.index("MODEL.TBD.TEACHER.WEIGHTS") + 1] = teacher_weights
     _check_switches(build_model(load_cfg(os.path.join(REPO, run["config"]), opts)), row)
+
+
+def test_a_tbd_retinanet_baseline_with_distillation_off_stays_a_baseline(
+    tmp_path, teacher_weights, monkeypatch
+):
+    """The converged baseline may be a TBDRetinaNet with HD and TFD disabled (the same training
+    process as the distilled rows): it trains without a teacher, at toy size too."""
+    monkeypatch.chdir(REPO)
+    config = tmp_path / "baseline.yaml"
+    config.write_text(
+        f'_BASE_: "{os.path.join(REPO, CONVERGED.configs["tbd"])}"\n'
+        "MODEL:\n  TBD:\n    HD:\n      ENABLED: False\n    TFD:\n      ENABLED: False\n"
+    )
+    rows = tuple(
+        dataclasses.replace(r, config=str(config)) if r.name == "baseline" else r
+        for r in CONVERGED.rows
+    )
+    regime = dataclasses.replace(CONVERGED, rows=rows)
+    assert not ablation.distills(load_cfg(str(config)))
+    assert ablation.toy_switches(regime, "baseline") == [
+        "MODEL.META_ARCHITECTURE",
+        "TBDRetinaNet",
+        "MODEL.TBD.HD.ENABLED",
+        "False",
+        "MODEL.TBD.TFD.ENABLED",
+        "False",
+    ]
+    for toy in (False, True):
+        args = bench.parse_args(["--regime", "converged", "--rows", "baseline", "--seeds", "0"])
+        args = dataclasses.replace(args, regime=regime, toy=toy)
+        _, (run, doubled) = ablation.plan(args)
+        assert "MODEL.TBD.TEACHER.WEIGHTS" not in run["opts"] + doubled["opts"]
+        model = build_model(load_cfg(run["config"], run["opts"]))
+        assert type(model) is TBDRetinaNet and not model.distills
+    assert ablation.teacher_config(regime) == "configs/Converged/teacher.yaml"
 
 
 def _flat(cfg, prefix=""):
@@ -207,14 +213,33 @@ def _flat(cfg, prefix=""):
     return out
 
 
+@pytest.mark.parametrize("regime", list(REGIMES))
 @pytest.mark.parametrize("row", ["feature_mimic", "logit_kd", "hd_only", "tfd_only"])
-def test_ablation_configs_differ_from_tbd_by_their_switches_only(row):
-    tbd = _flat(load_cfg(os.path.join(REPO, bench.CONFIGS["tbd"])))
-    ablation = _flat(load_cfg(os.path.join(REPO, bench.CONFIGS[row])))
-    differ = {k for k in tbd if tbd[k] != ablation[k]}
+def test_ablation_configs_differ_from_tbd_by_their_switches_only(regime, row):
+    configs = REGIMES[regime].configs
+    tbd = _flat(load_cfg(os.path.join(REPO, configs["tbd"])))
+    other = _flat(load_cfg(os.path.join(REPO, configs[row])))
+    differ = {k for k in tbd if tbd[k] != other[k]}
     assert "OUTPUT_DIR" in differ  # its own output directory
-    assert differ - {"OUTPUT_DIR"} <= set(bench.SWITCHES), differ
+    assert differ - {"OUTPUT_DIR"} <= set(SWITCHES), differ
     assert differ - {"OUTPUT_DIR"}, f"{row} is TBD itself"
+
+
+def test_the_rows_of_both_regimes_have_the_same_switches():
+    """configs/Converged/ has the structure of configs/Synthetic/: every ablation row switches
+    the same keys to the same values relative to its regime's tbd config."""
+
+    def switches(regime, row):
+        tbd = _flat(load_cfg(os.path.join(REPO, regime.configs["tbd"])))
+        other = _flat(load_cfg(os.path.join(REPO, regime.configs[row])))
+        return {k: other[k] for k in SWITCHES if tbd[k] != other[k]}
+
+    for row in ["feature_mimic", "logit_kd", "hd_only", "tfd_only"]:
+        assert switches(SYNTHETIC, row) == switches(CONVERGED, row), row
+    converged_tbd = load_cfg(os.path.join(REPO, CONVERGED.configs["tbd"]))
+    assert converged_tbd.MODEL.TBD.TEACHER.CONFIG_FILE == "configs/Converged/teacher.yaml"
+    for config in list(CONVERGED.configs.values()) + ["configs/Converged/teacher.yaml"]:
+        assert load_cfg(os.path.join(REPO, config)).OUTPUT_DIR.startswith("output/converged/")
 
 
 @pytest.mark.slow
@@ -239,7 +264,7 @@ def test_toy_benchmark_writes_results_and_reuses_runs(tmp_path, capsys):
     for row in report["rows"].values():
         assert list(row["seeds"]) == ["0", "1"]
         for seed in row["seeds"].values():
-            assert set(bench.SEED_METRICS) <= set(seed)
+            assert set(runs.SEED_METRICS) <= set(seed)
             assert "SEED" in seed["command"]
         assert {"AP_mean", "AP_std", "AP50_mean", "gain_over_baseline"} <= set(row)
     assert [t["status"] in ("PASS", "FAIL", "N/A") for t in report["targets"]] == [True] * 7
@@ -293,7 +318,99 @@ def test_toy_benchmark_writes_results_and_reuses_runs(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "nothing carried over (different teacher weights (sha256))" in printed
     assert printed.count("[ablation] tbd/seed_") >= 2
-    assert bench.finished(os.path.join(out, "tbd", "seed_1"))
+    assert runs.finished(os.path.join(out, "tbd", "seed_1"))
     retrained = json.load(open(results))
     assert "carried_over_from" not in retrained["rows"]["tbd"]["seeds"]["0"]
     assert retrained["settings"]["jobs"] == 2 and retrained["settings"]["threads_per_run"] >= 1
+
+
+@pytest.mark.slow
+def test_toy_converged_regime_end_to_end_and_carried_over(tmp_path, capsys):
+    """The converged regime at toy size: harmony of every run and of the teacher, AP curves of
+    the baseline and TBD rows, the 2x-schedule baseline, the figure; then a rerun that measures
+    nothing again (harmony.json cached in the run directories), and one without the run
+    directories that carries every new field over from the json."""
+    out = str(tmp_path / "converged")
+    argv = ["--regime", "converged", "--toy", "--seeds", "0", "--rows", "baseline", "tbd"]
+    argv += ["--output", out, "--jobs", "2"]
+    bench.main(argv)
+    printed = capsys.readouterr().out
+    assert "[ablation] baseline_2x/seed_0 (run 3 of 3)" in printed
+    assert printed.count(": harmony on tbd_synthetic_val") == 3  # teacher, baseline, tbd
+    results = os.path.join(out, "ablation")
+    report = json.load(open(results + ".json"))
+    assert report["settings"]["regime"] == "converged"
+    assert report["generated_by"].startswith("python tools/benchmark_ablation.py --regime")
+
+    subsets = ("anchors", "detections_matched", "detections_confident", "detections")
+    for harmony in [report["teacher"]["harmony"]] + [
+        row["seeds"]["0"]["harmony"] for row in report["rows"].values()
+    ]:
+        assert harmony["dataset"] == "tbd_synthetic_val" and harmony["num_images"] == 4
+        assert (harmony["match_iou"], harmony["confident_score"]) == (0.5, 0.3)
+        assert list(harmony["statistics"]) == list(subsets)
+        assert harmony["statistics"]["anchors"]["count"] > 0
+        assert len(harmony["anchor_histogram"]["rows"]) == 40
+    for name, row in report["rows"].items():
+        assert set(row["harmony"]) == {"anchors", "detections_matched", "detections_confident"}
+        anchors = row["harmony"]["anchors"]
+        assert (
+            anchors["harmonious_fraction"]
+            == row["seeds"]["0"]["harmony"]["statistics"]["anchors"]["harmonious_fraction"]
+        )
+        curve = row["seeds"]["0"]["ap_curve"]  # both rows are evaluated periodically
+        assert curve[-1]["iter"] == 6 and len(curve) >= 2  # the writer keeps 1 per 20 iterations
+        assert all(p["iter"] <= 6 for p in curve)
+    doubled = report["extra_runs"]["baseline_2x/seed_0"]
+    assert "SOLVER.MAX_ITER 12" in doubled["command"] and "harmony" not in doubled
+    conv = report["convergence"]
+    assert conv["evaluations"] == 6 and conv["eval_period"] == 1
+    assert conv["curve_rows"] == ["baseline", "tbd"] and conv["plateau"]["max_range"] == 1.0
+    assert conv["doubling"]["seed"] == "0" and conv["doubling"]["iters"] == 6
+    assert report["figure"] == results + "_score_vs_iou.png"
+    with Image.open(report["figure"]) as image:
+        assert image.size[0] >= 3 * 400
+    assert len(report["targets"]) == 12
+    assert all(t["status"] in ("PASS", "FAIL", "N/A") for t in report["targets"])
+    assert {"runs", "analysis", "run_median", "runs_trained"} <= set(report["wall_seconds"])
+
+    md = open(results + ".md").read()
+    assert md.startswith("# Ablation in the converged regime (toy size)")
+    assert report["generated_by"] in md and "Regime `converged`" in md
+    for section in ("## Harmony on `tbd_synthetic_val`", "## Did the baseline converge?"):
+        assert section in md
+    assert "## Wall time" in md and "The whole benchmark took" in md
+    assert "![score vs IoU of foreground anchors](ablation_score_vs_iou.png)" in md
+    assert "| teacher |" in md and "matched: n" in md and "score >= 0.3" in md
+    assert "Baseline at twice the schedule (seed 0)" in md
+    assert md.count("| **") == 12
+
+    # a rerun reuses the runs and their cached harmony: nothing is trained or measured again
+    bench.main(argv)
+    printed = capsys.readouterr().out
+    assert ": harmony on" not in printed and printed.count("finished before, reused") == 3
+    again = json.load(open(results + ".json"))
+    assert again["rows"] == report["rows"] and again["teacher"] == report["teacher"]
+
+    # the run directories are gone (the teacher stays): everything is carried over from the json,
+    # the harmony records, AP curves and the 2x run with it, and the figure is drawn again
+    for stage in ("baseline", "tbd", "baseline_2x"):
+        shutil.rmtree(os.path.join(out, stage))
+    os.remove(report["figure"])
+    bench.main(argv)
+    printed = capsys.readouterr().out
+    assert "3 runs carried over" in printed and ": harmony on" not in printed
+    carried = json.load(open(results + ".json"))
+    for name, row in report["rows"].items():
+        record = dict(carried["rows"][name]["seeds"]["0"])
+        assert record.pop("carried_over_from")["date"] == report["date"]
+        assert record == row["seeds"]["0"]
+        assert carried["rows"][name]["harmony"] == row["harmony"]
+    record = dict(carried["extra_runs"]["baseline_2x/seed_0"])
+    record.pop("carried_over_from")
+    assert record == doubled
+    assert carried["convergence"] == report["convergence"]
+    assert carried["targets"] == report["targets"]
+    assert os.path.isfile(report["figure"])
+    md = open(results + ".md").read()
+    assert "Carried over, not retrained" in md and "The whole benchmark took longer" in md

@@ -1,38 +1,76 @@
-"""tools/tune_distillation.py never scores on the benchmark's test split."""
+"""tools/tune_distillation.py (tbd.experiments.tuning) never scores on the benchmark's test split,
+in either regime, and plans the commands docs/results/tuning.json recorded."""
 
+import json
 import os
 import sys
 
+import pytest
 from conftest import REPO, load_cfg
+
+from tbd.experiments import runs, tuning
+from tbd.experiments.regimes import REGIMES
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import tune_distillation as tune  # noqa: E402
 
 
-def test_every_candidate_trains_on_train_and_scores_on_the_heldout_split_only():
-    args = tune.parse_args([])
+@pytest.mark.parametrize("regime", list(REGIMES))
+def test_every_candidate_trains_on_train_and_scores_on_the_heldout_split_only(regime):
+    args = tune.parse_args(["--regime", regime])
+    r = REGIMES[regime]
+    assert (args.iters, args.output, args.results) == (
+        r.tuning.iters,
+        r.tuning.output,
+        r.tuning.results,
+    )
+    assert args.teacher_weights == r.tuning.teacher_weights
     planned = tune.plan(args)
     assert [name for name, _, _ in planned] == list(tune.CANDIDATES)
     assert "baseline" in tune.CANDIDATES
+    root = r.tuning.heldout_root
     for name, config, opts in planned:
+        row = tune.CANDIDATES[name][0]
+        assert config == r.configs[row], name  # the regime's own configs
         cfg = load_cfg(config, opts)
-        assert cfg.DATASETS.TRAIN == ("tbd_synthetic_train",), name
-        assert cfg.DATASETS.TEST == (tune.HELDOUT_NAME,), name
-        assert "tbd_synthetic_val" not in " ".join(opts)
+        test_split = load_cfg(r.configs["tbd"]).DATASETS.TEST[0]
+        assert cfg.DATASETS.TRAIN == load_cfg(r.configs["tbd"]).DATASETS.TRAIN, name
+        assert cfg.DATASETS.TEST == (tuning.HELDOUT_NAME,), name
+        assert test_split not in " ".join(opts)
         assert cfg.DATASETS.COCO_SPECS == [
-            f"{tune.HELDOUT_NAME}={tune.HELDOUT_ROOT}/annotations/val.json:{tune.HELDOUT_ROOT}/val"
+            f"{tuning.HELDOUT_NAME}={root}/annotations/val.json:{root}/val"
         ]
         assert cfg.OUTPUT_DIR == os.path.join(args.output, name)
+        assert cfg.SOLVER.MAX_ITER == args.iters
         if cfg.MODEL.META_ARCHITECTURE == "TBDRetinaNet":
             assert cfg.MODEL.TBD.TEACHER.WEIGHTS == args.teacher_weights
 
 
-def test_heldout_split_is_generated_with_another_seed_than_the_benchmark(monkeypatch):
+def test_synthetic_defaults_plan_the_recorded_commands():
+    with open(os.path.join(REPO, "docs", "results", "tuning.json")) as f:
+        recorded = json.load(f)
+    args = tune.parse_args(recorded["command"].split()[2:])
+    assert args.iters == recorded["iters"] == 500
+    assert args.teacher_weights == recorded["teacher_weights"]
+    for name, config, opts in tune.plan(args):
+        stage = {"name": name, "config": config, "opts": opts}
+        assert runs.command_line(stage) == recorded["candidates"][name]["command"], name
+
+
+@pytest.mark.parametrize("regime", list(REGIMES))
+def test_heldout_split_is_generated_with_another_seed_than_the_benchmark(regime, monkeypatch):
     import tbd.synthetic
 
     calls = []
-    monkeypatch.setattr(tbd.synthetic, "make_synthetic_coco", lambda root, **kw: calls.append(kw))
-    tune.make_heldout()
-    benchmark_seed = load_cfg("configs/Synthetic/student_R18.yaml", []).DATASETS.SYNTHETIC.SEED
-    assert len(calls) == 1 and calls[0]["seed"] != benchmark_seed
-    assert calls[0]["num_val"] == 300
+    monkeypatch.setattr(
+        tbd.synthetic, "make_synthetic_coco", lambda root, **kw: calls.append((root, kw))
+    )
+    r = REGIMES[regime]
+    tuning.make_heldout(r)
+    data = load_cfg(r.configs["baseline"], []).DATASETS.SYNTHETIC
+    assert len(calls) == 1
+    root, kw = calls[0]
+    assert kw["seed"] != data.SEED and kw["num_val"] == 300
+    assert kw["image_size"] == data.IMAGE_SIZE  # the regime's data, other images
+    assert root == runs.in_repo(r.tuning.heldout_root)
+    assert os.path.abspath(root) != os.path.abspath(runs.in_repo(data.ROOT))

@@ -14,17 +14,15 @@ import json
 import os
 import platform
 import shlex
-import statistics
-import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tbd.experiments.figures import detection_picture
+from tbd.experiments.regimes import TOY_STUDENT_CONFIG, TOY_TEACHER_CONFIG
+from tbd.experiments.runs import load_cfg, read_metrics, run_stage, schedule, toy_data
+
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
 
@@ -43,31 +41,17 @@ def parse_args(argv=None):
     return args
 
 
-def schedule(iters: int):
-    """MAX_ITER and the LR steps at 0.75 and 0.9 of it; duplicate steps (short schedules) merged,
-    as detectron2's MultiStepParamScheduler refuses a repeated milestone."""
-    steps = tuple(sorted({s for s in (int(iters * 0.75), int(iters * 0.9)) if 0 < s < iters}))
-    return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(steps)]
-
-
 def stages(args):
     """(name, config file, extra opts) of the three trainings."""
     out = args.output
     teacher_weights = os.path.join(out, "teacher", "model_final.pth")
     if args.toy:
         configs = {
-            "teacher": "configs/quick_schedules/teacher_instant_test.yaml",
-            "baseline": "configs/quick_schedules/tbd_instant_test.yaml",
-            "tbd": "configs/quick_schedules/tbd_instant_test.yaml",
+            "teacher": TOY_TEACHER_CONFIG,
+            "baseline": TOY_STUDENT_CONFIG,
+            "tbd": TOY_STUDENT_CONFIG,
         }
-        data = [
-            "DATASETS.SYNTHETIC.ROOT",
-            os.path.join(out, "data"),
-            "DATASETS.SYNTHETIC.NUM_TRAIN",
-        ]
-        data += ["12", "DATASETS.SYNTHETIC.NUM_VAL", "4", "DATASETS.SYNTHETIC.IMAGE_SIZE", "64"]
-        data += ["DATASETS.TRAIN", "('tbd_synthetic_train',)"]
-        data += ["DATASETS.TEST", "('tbd_synthetic_val',)"]
+        data = toy_data(out)
     else:
         configs = {
             "teacher": "configs/Synthetic/teacher_R18_wide.yaml",
@@ -90,88 +74,12 @@ def stages(args):
     return result
 
 
-def run_stage(name, config_file, opts, output, prefix="demo", env=None):
-    """Train one model with train_net.py in a subprocess, streaming progress lines. ``env``: the
-    subprocess's environment (default: this process's)."""
-    cmd = [sys.executable, "train_net.py", "--config-file", config_file, *opts]
-    os.makedirs(os.path.join(output, name), exist_ok=True)
-    log_path = os.path.join(output, name, "train.log")
-    print(f"[{prefix}] {name}: {shlex.join(cmd[1:])}", flush=True)
-    start = time.time()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        )
-        for line in proc.stdout:
-            log.write(line)
-            if " eta: " in line or "copypaste" in line or "Error" in line:
-                print(f"[{prefix}] {name} | {line.split(']:')[-1].strip()[:150]}", flush=True)
-        if proc.wait() != 0:
-            raise SystemExit(f"[{prefix}] {name} failed (exit {proc.returncode}); see {log_path}")
-    seconds = time.time() - start
-    with open(os.path.join(output, name, "command.json"), "w") as f:
-        json.dump({"command": cmd[1:], "wall_seconds": seconds}, f)
-    print(f"[{prefix}] {name}: done in {seconds:.0f} s", flush=True)
-    return shlex.join(["python"] + cmd[1:])
-
-
-def read_metrics(stage_dir):
-    """Final COCO bbox metrics and median seconds per training iteration, from metrics.json."""
-    rows = [json.loads(line) for line in open(os.path.join(stage_dir, "metrics.json"))]
-    evals = [r for r in rows if "bbox/AP" in r]
-    times = [r["time"] for r in rows if "time" in r]
-    return {
-        "bbox": {m: evals[-1][f"bbox/{m}"] for m in METRICS} if evals else {},
-        "s_per_iter": statistics.median(times) if times else float("nan"),
-    }
-
-
 def load_model(config_file, opts, weights):
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.modeling import build_model
+    from tbd.experiments.harmony_runs import load_eval_model
 
     cfg = load_cfg(config_file, opts)
-    model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(weights)
-    return cfg, model
-
-
-def load_cfg(config_file, opts):
-    from tbd.config import load_tbd_config
-
-    return load_tbd_config(os.path.join(REPO, config_file), opts)
-
-
-def detection_picture(models, dataset_name, path, num_images=4, score=0.2):
-    """Rows: ground truth, then each model's detections (score >= ``score``), on val images."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data.detection_utils import read_image
-    from detectron2.utils.visualizer import Visualizer
-
-    dicts = DatasetCatalog.get(dataset_name)[:num_images]
-    metadata = MetadataCatalog.get(dataset_name)
-    rows, labels = [], ["ground truth"] + [name for name, _ in models]
-    gt = [Visualizer(read_image(d["file_name"], "RGB"), metadata, scale=3.0) for d in dicts]
-    rows.append([v.draw_dataset_dict(d).get_image() for v, d in zip(gt, dicts)])
-    for _, model in models:
-        row = []
-        for d in dicts:
-            image = read_image(d["file_name"], "BGR")
-            tensor = torch.as_tensor(image.transpose(2, 0, 1).astype("float32"))
-            with torch.no_grad():
-                inst = model([{"image": tensor}])[0]["instances"].to("cpu")
-            inst = inst[inst.scores >= score]
-            vis = Visualizer(image[:, :, ::-1], metadata, scale=3.0)
-            row.append(vis.draw_instance_predictions(inst).get_image())
-        rows.append(row)
-    grid = np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0)
-    picture = Image.fromarray(grid)
-    draw = ImageDraw.Draw(picture)
-    height = grid.shape[0] // len(rows)
-    for i, label in enumerate(labels):
-        draw.rectangle([0, i * height, 8 * len(label) + 8, i * height + 16], fill=(0, 0, 0))
-        draw.text((4, i * height + 2), label, fill=(255, 255, 255))
-    picture.save(path)
+    cfg.MODEL.WEIGHTS = weights
+    return cfg, load_eval_model(cfg)
 
 
 def write_report(args, results, commands, harmony, elapsed):

@@ -21,6 +21,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.testing import assert_instances_allclose
 from PIL import Image
 
+import tbd.export as tbd_export
 from tbd import FrozenTeacher, TBDRetinaNet
 from tbd.datasets import register_synthetic
 from tbd.deploy import distillation_keys, retinanet_config, student_state_dict, to_retinanet
@@ -91,7 +92,7 @@ def student(student_weights, missing_teacher):
     """The saved student, loaded by the export tool, and its (frozen) config."""
     cfg = student_config(student_weights, missing_teacher)
     cfg.freeze()
-    return export_model.load_student(cfg), cfg
+    return tbd_export.load_student(cfg), cfg
 
 
 def num_parameters(named_parameters):
@@ -104,18 +105,18 @@ def test_trace_save_reload_matches_eager_student(student, tmp_path):
     model, cfg = student
     assert isinstance(model, TBDRetinaNet) and model.distills
     assert ADAPTER_KEYS <= set(model.state_dict())
-    image = export_model.sample_image(cfg)
+    image = tbd_export.sample_image(cfg)
     assert tuple(image.shape) == (3, 64, 64)
     small = image[:, :48, :].clone()
 
     plain = to_retinanet(model, cfg)
-    adapter = TracingAdapter(plain, image, export_model.predict).eval()
-    with torch.no_grad(), export_model.quiet_export_warnings():
+    adapter = TracingAdapter(plain, image, tbd_export.predict).eval()
+    with torch.no_grad(), tbd_export.quiet_export_warnings():
         traced = torch.jit.trace(adapter, (small,))
         torch.jit.save(traced, str(tmp_path / "model.ts"))
         loaded = torch.jit.load(str(tmp_path / "model.ts"))
         traced_output = adapter.outputs_schema(loaded(image))
-    expected = export_model.predict(model, image)
+    expected = tbd_export.predict(model, image)
     assert len(expected) > 50
     assert_instances_allclose(expected, traced_output, size_as_tensor=True)
     assert model._teacher is None
@@ -151,7 +152,7 @@ def test_export_tool_cli_torchscript(student_weights, missing_teacher, tmp_path)
     assert [v["image_size"] for v in report["verified"]] == [[64, 51], [48, 51]]
     for entry in report["verified"]:
         assert entry["detections"] > 0 and entry["classes"] == 0
-        assert entry["box"] <= export_model.BOX_ATOL and entry["score"] <= export_model.SCORE_ATOL
+        assert entry["box"] <= tbd_export.BOX_ATOL and entry["score"] <= tbd_export.SCORE_ATOL
     latency = report["latency"]
     assert latency["runs"] == 3 and latency["image_size"] == [64, 51]
     assert latency["eager_ms"] > 0 and latency["exported_ms"] > 0
@@ -168,12 +169,12 @@ def test_export_onnx_or_clear_report(student, tmp_path):
     """With ``onnx`` installed the ONNX export runs and matches the eager student on two image
     shapes (dynamic height and width); without it the tool says what to install."""
     model, cfg = student
-    image = export_model.sample_image(cfg)
+    image = tbd_export.sample_image(cfg)
     if importlib.util.find_spec("onnx") is None:
-        with pytest.raises(export_model.ExportError, match="pip install onnx"):
-            export_model.export(model, cfg, image, str(tmp_path), "onnx", runs=0)
+        with pytest.raises(tbd_export.ExportError, match="pip install onnx"):
+            tbd_export.export(model, cfg, image, str(tmp_path), "onnx", runs=0)
         return
-    report = export_model.export(model, cfg, image, str(tmp_path), "onnx", runs=0)
+    report = tbd_export.export(model, cfg, image, str(tmp_path), "onnx", runs=0)
     assert os.path.isfile(tmp_path / "model.onnx") and report["latency"] is None
     assert [v["image_size"] for v in report["verified"]] == [[64, 64], [48, 64]]
     assert all(v["detections"] > 0 and v["classes"] == 0 for v in report["verified"])
@@ -203,7 +204,7 @@ def test_export_failures_exit_nonzero_with_a_message(
             model.head.bbox_pred.bias.add_(0.5)
         return model
 
-    monkeypatch.setattr(export_model, "to_retinanet", wrong_retinanet)
+    monkeypatch.setattr(tbd_export, "to_retinanet", wrong_retinanet)
     rc = export_model.main(argv + ["--output", str(tmp_path / "b")] + opts)
     err = capsys.readouterr().err
     assert rc == export_model.EXIT_MISMATCH
@@ -218,12 +219,12 @@ def test_compare_tolerances():
     a.pred_classes = torch.tensor([1, 3])
     b = Instances((64, 64), pred_boxes=Boxes(boxes + 1e-4), scores=a.scores + 1e-6)
     b.pred_classes = a.pred_classes.clone()
-    assert export_model.compare(a, b)["detections"] == 2
+    assert tbd_export.compare(a, b)["detections"] == 2
     b.pred_classes = torch.tensor([1, 2])
-    with pytest.raises(export_model.VerificationError, match="1 of 2 classes differ"):
-        export_model.compare(a, b)
-    with pytest.raises(export_model.VerificationError, match="2 detections by the eager"):
-        export_model.compare(a, a[:1])
+    with pytest.raises(tbd_export.VerificationError, match="1 of 2 classes differ"):
+        tbd_export.compare(a, b)
+    with pytest.raises(tbd_export.VerificationError, match="2 detections by the eager"):
+        tbd_export.compare(a, a[:1])
 
 
 class _RecordingCheckpointer(DetectionCheckpointer):
@@ -261,8 +262,8 @@ def test_student_checkpoint_loads_into_plain_retinanet(student, student_weights)
     assert set(model.state_dict()) - set(plain.state_dict()) == ADAPTER_KEYS
     assert set(plain.state_dict()) <= set(model.state_dict())
 
-    image = export_model.sample_image(cfg, seed=1)
-    expected, actual = export_model.predict(model, image), export_model.predict(plain, image)
+    image = tbd_export.sample_image(cfg, seed=1)
+    expected, actual = tbd_export.predict(model, image), tbd_export.predict(plain, image)
     assert len(expected) > 0
     assert torch.equal(expected.pred_boxes.tensor, actual.pred_boxes.tensor)
     assert torch.equal(expected.scores, actual.scores)

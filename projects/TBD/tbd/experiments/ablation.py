@@ -113,16 +113,13 @@ def _get(cfg, key: str):
 
 
 def toy_switches(regime: Regime, row: str) -> List[str]:
-    """The opts that turn the quick-schedule TBD student into ``row``: its values of
-    :data:`SWITCHES` that differ from the regime's tbd config, or, for a row that does not
-    distill, its meta-architecture (a TBDRetinaNet with HD and TFD disabled, or a plain
-    RetinaNet). Read from the row's own config file, so that toy and full runs cannot disagree."""
+    """The opts that turn the quick-schedule TBD student into ``row``: the row config's values of
+    ``MODEL.META_ARCHITECTURE`` and :data:`SWITCHES` that differ from the regime's tbd config's
+    (a plain RetinaNet baseline: its meta-architecture; a TBDRetinaNet baseline: HD and TFD off).
+    Read from the row's own config file, so that toy and full runs cannot disagree."""
     cfg, tbd = load_cfg(regime.configs[row]), load_cfg(regime.configs["tbd"])
-    if not distills(cfg):
-        arch = cfg.MODEL.META_ARCHITECTURE
-        off = ["MODEL.TBD.HD.ENABLED", "False", "MODEL.TBD.TFD.ENABLED", "False"]
-        return ["MODEL.META_ARCHITECTURE", arch] + (off if arch == "TBDRetinaNet" else [])
-    return [x for k in SWITCHES if _get(cfg, k) != _get(tbd, k) for x in (k, str(_get(cfg, k)))]
+    keys = ["MODEL.META_ARCHITECTURE", *SWITCHES]
+    return [x for k in keys if _get(cfg, k) != _get(tbd, k) for x in (k, str(_get(cfg, k)))]
 
 
 def teacher_config(regime: Regime) -> str:

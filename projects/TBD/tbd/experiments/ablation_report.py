@@ -13,6 +13,7 @@ from typing import Dict, List
 from .regimes import REGIMES, TOY_STUDENT_CONFIG
 from .runs import REPO, WRITER_PERIOD, in_repo
 from .tables import fmt, markdown_table
+from .targets import SHORT
 
 DOC = "docs/benchmark.md"
 
@@ -135,7 +136,7 @@ def _regime_paragraph(report: Dict, regime) -> List[str]:
         f"{settings['student_iters']} iterations, teacher {settings['teacher_iters']}"
     )
     if conv.get("evaluations"):
-        rows = " and ".join(conv["curve_rows"]) or "no"
+        rows = " and ".join(SHORT.get(r, r) for r in conv["curve_rows"]) or "no"
         text += (
             f"; the {rows} rows are evaluated {conv['evaluations']} times (every "
             f"{conv['eval_period']} iterations and at the end)"

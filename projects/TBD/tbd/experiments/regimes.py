@@ -161,7 +161,7 @@ CONVERGED = Regime(
     name="converged",
     title="Ablation in the converged regime",
     summary=(
-        "Students are trained until the baseline has stopped improving (its AP curve and a run "
+        "students are trained until the baseline has stopped improving (its AP curve and a run "
         "at twice the schedule below), from a teacher well above it; every run's harmony on the "
         "test split is measured with tbd.analysis, as tools/analyze_harmony.py does."
     ),

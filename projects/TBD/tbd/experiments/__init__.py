@@ -9,14 +9,15 @@ Shared by several tools:
 * :mod:`.environment`: versions, CPU, git commit and dirty flag, date;
 * :mod:`.tables`: numbers as reports show them (markdown, means over seeds, strict JSON).
 
-The ablation benchmark (``tools/benchmark_ablation.py``, ``tools/tune_distillation.py``):
+The ablation benchmark (``tools/benchmark_ablation.py``), and its tuning:
 
 * :mod:`.regimes`: the benchmark regimes as data (rows, configs, schedules, targets);
 * :mod:`.targets`: the targets and the plateau judgement;
 * :mod:`.harmony_runs`: harmony statistics of a trained run, cached in its directory;
 * :mod:`.figures`: score-vs-IoU panels, TFD masks, detection pictures;
 * :mod:`.ablation`: plan, train, summarize, write the results json;
-* :mod:`.ablation_report`: the results markdown.
+* :mod:`.ablation_report`: the results markdown;
+* :mod:`.tuning`: distillation weights chosen on a held-out split (tools/tune_distillation.py).
 
 The cost of a training step (``tools/benchmark_step.py``): :mod:`.cost`.
 """

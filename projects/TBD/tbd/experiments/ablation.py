@@ -327,9 +327,9 @@ def write_figure(s: Settings, teacher: Dict, rows: Dict) -> Optional[str]:
     the repo root, as ``--results``), or None without harmony records."""
     first = str(s.seeds[0])
     who = [("teacher", teacher.get("harmony"))]
-    for name in ("baseline", "tbd"):
+    for name, label in (("baseline", "baseline"), ("tbd", "TBD")):
         record = rows.get(name, {}).get("seeds", {}).get(first, {})
-        who.append((f"{name} seed {first}", record.get("harmony")))
+        who.append((f"{label} seed {first}", record.get("harmony")))
     if not all(h and h.get("anchor_histogram") for _, h in who):
         return None
     panels = [

@@ -67,7 +67,7 @@ def plot_score_vs_iou(panels: Sequence[Tuple[str, np.ndarray, Dict]], delta: flo
                 edges, edges, masked, norm=LogNorm(), cmap="viridis", zorder=2, shading="flat"
             )
             fig.colorbar(image, ax=ax, label="foreground anchors")
-            title = f"{name}: {a['harmonious_fraction']:.1%} of anchors harmonious"
+            title = f"{name}: {a['harmonious_fraction']:.1%} harmonious"
         else:
             ax.text(0.5, 0.5, "no foreground anchors", ha="center", va="center")
             title = f"{name}: no foreground anchors"
@@ -79,7 +79,8 @@ def plot_score_vs_iou(panels: Sequence[Tuple[str, np.ndarray, Dict]], delta: flo
         ax.set(ylabel="classification score s", aspect="equal")
         ax.set_title(
             f"{title}\n(n = {a.get('count', 0)}, mean HS {_fmt(a.get('mean_harmony_score'))}, "
-            f"Spearman {_fmt(a.get('spearman'))})"
+            f"Spearman {_fmt(a.get('spearman'))})",
+            fontsize=10,
         )
         ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()

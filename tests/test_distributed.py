@@ -1,5 +1,6 @@
 """
-Distributed training: ``train_net.py --num-gpus 2`` on CPU (gloo) against one process.
+Distributed training: ``train_net.py --num-gpus 2`` on CPU (gloo) against one process; the same
+comparison on two GPUs (NCCL) is in tests/test_cuda.py (:func:`check_two_processes_train_like_one`).
 
 Run as a script, this file *is* ``train_net.py`` (``train_net.invoke_main()``: the same argument
 parser, ``launch`` and ``main``), except that ``train_net.Trainer`` is replaced, in the launcher and
@@ -16,6 +17,7 @@ import subprocess
 import sys
 
 import torch
+import torch.distributed as dist
 from conftest import REPO, STUDENT_CONFIG, TEACHER_CONFIG, tiny_synthetic_opts
 
 sys.path.insert(0, REPO)
@@ -77,6 +79,9 @@ class RecordingTrainer(train_net.Trainer):
         report = {
             "rank": comm.get_rank(),
             "world_size": comm.get_world_size(),
+            "backend": dist.get_backend() if dist.is_initialized() else None,
+            "device": str(next(student.parameters()).device),
+            "teacher_device": str(next(teacher.model.parameters()).device),
             "wrapper": type(wrapper).__name__,
             "wrapper_params": sum(p.numel() for p in wrapper.parameters()),
             "wrapper_params_before_teacher": params_before,
@@ -101,7 +106,7 @@ class RecordingTrainer(train_net.Trainer):
         return result
 
 
-def _train(out, teacher_weights, data_root, num_gpus):
+def _train(out, teacher_weights, data_root, num_gpus, device):
     cmd = [
         sys.executable,
         os.path.abspath(__file__),
@@ -111,6 +116,8 @@ def _train(out, teacher_weights, data_root, num_gpus):
         str(num_gpus),
         "--dist-url",
         "auto",
+        "MODEL.DEVICE",
+        device,
         "MODEL.TBD.TEACHER.CONFIG_FILE",
         TEACHER_CONFIG,
         "MODEL.TBD.TEACHER.WEIGHTS",
@@ -133,6 +140,13 @@ def _train(out, teacher_weights, data_root, num_gpus):
         str(out),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    if device == "cpu":
+        # detectron2's launch uses NCCL and one GPU per process whenever CUDA is available
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    else:
+        # no TF32 convolutions (cuDNN's default on Ampere and later): their 10-bit mantissa would
+        # make the two batch splits differ by about LOSS_RTOL
+        env["NVIDIA_TF32_OVERRIDE"] = "0"
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return [json.load(open(out / f"report_rank{r}.json")) for r in range(num_gpus)]
@@ -165,14 +179,24 @@ def test_two_processes_train_like_one(teacher_weights, tmp_path):
     Harmony-Score sum: 1e-2 to 1.4e-1; the TFD balance), a teacher inside DDP (parameter count),
     replicas out of sync (digests).
     """
+    check_two_processes_train_like_one(teacher_weights, tmp_path, "cpu", backend="gloo")
+
+
+def check_two_processes_train_like_one(teacher_weights, tmp_path, device, backend):
+    """Train ``--num-gpus 2`` and 1 process on ``device`` and compare them as
+    :func:`test_two_processes_train_like_one` describes; the 2 processes must use ``backend``."""
     data = tmp_path / "data"
-    two = _train(tmp_path / "two", teacher_weights, data, num_gpus=2)
-    (one,) = _train(tmp_path / "one", teacher_weights, data, num_gpus=1)
+    two = _train(tmp_path / "two", teacher_weights, data, 2, device)
+    (one,) = _train(tmp_path / "one", teacher_weights, data, 1, device)
 
     # The teacher is outside DDP: the wrapped model has exactly the student's parameters.
     assert one["wrapper"] == "TBDRetinaNet" and one["world_size"] == 1
+    for report in [one] + two:  # student and teacher on the process's device (one GPU each)
+        expected = device if device == "cpu" else f"{device}:{report['rank']}"
+        assert report["device"] == report["teacher_device"] == expected
     for rank, report in enumerate(two):
         assert report["rank"] == rank and report["world_size"] == 2
+        assert report["backend"] == backend
         assert report["wrapper"] == "DistributedDataParallel"
         assert report["wrapper_params"] == report["student_params"] == one["student_params"]
         assert report["wrapper_params_before_teacher"] == report["wrapper_params"]

@@ -57,17 +57,24 @@ def missing_teacher(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def student_weights(tmp_path_factory, missing_teacher):
+def detecting_student(cfg):
     """
-    A TBD student checkpoint as training writes it (``DetectionCheckpointer(model).save``), with
-    the TFD adapter. The classification prior is reset to p = 0.5 so that the random student
-    detects ~100 boxes per image: comparing empty predictions would prove nothing.
+    A randomly initialized student of ``cfg`` (on its ``MODEL.DEVICE``) whose classification prior
+    is reset to p = 0.5, so that it detects ~100 boxes per image: comparing empty predictions would
+    prove nothing.
     """
     torch.manual_seed(0)
-    model = build_model(student_config("", missing_teacher))
+    model = build_model(cfg)
     with torch.no_grad():
         model.head.cls_score.bias.zero_()
+    return model
+
+
+@pytest.fixture(scope="module")
+def student_weights(tmp_path_factory, missing_teacher):
+    """A TBD student checkpoint as training writes it (``DetectionCheckpointer(model).save``), with
+    the TFD adapter: :func:`detecting_student`."""
+    model = detecting_student(student_config("", missing_teacher))
     out = tmp_path_factory.mktemp("student")
     DetectionCheckpointer(model, save_dir=str(out)).save("model_final")
     return str(out / "model_final.pth")

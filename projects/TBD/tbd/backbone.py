@@ -65,7 +65,8 @@ def build_basic_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
 def build_retinanet_basic_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     """
     ``MODEL.BACKBONE.NAME: "build_retinanet_basic_resnet_fpn_backbone"``: detectron2's RetinaNet
-    FPN (P3-P5 from ``FPN.IN_FEATURES``, P6 and P7 from res5) on :func:`build_basic_resnet_backbone`.
+    FPN (P3-P5 from ``FPN.IN_FEATURES``, P6 and P7 from res5) on
+    :func:`build_basic_resnet_backbone`.
     """
     bottom_up = build_basic_resnet_backbone(cfg, input_shape)
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS

@@ -53,8 +53,13 @@ class _QualityFocalLossSum(torch.autograd.Function):
     sum over valid anchors a and classes k of QFL(z, t; beta), with the gradient computed in the
     forward pass. With p = sigmoid(z), g = p - t, BCE = softplus(z) - z t::
 
-        L      = sum BCE |g|^beta
+        L      = sum_{a valid, k} BCE |g|^beta
         dL/dz  = g |g|^beta + beta BCE |g|^(beta - 1) sign(g) p (1 - p)     (dBCE/dz = g)
+
+    Ignored anchors are masked explicitly: they add 0 to L and get dL/dz = 0, for every beta
+    (|0|^0 = 1 would count them with beta = 0). Where g = 0 on a valid anchor, the second term of
+    dL/dz is taken as 0 (sign(0) = 0): for beta < 1, |g|^(beta - 1) is infinite there and the
+    derivative of |g|^beta does not exist (autograd of :func:`quality_focal_loss` gives NaN).
 
     Dense over N x R x K, this is the largest tensor computation of a TBD step. Autograd of
     :func:`quality_focal_loss` would keep four N x R x K intermediates (p, g, g^2, BCE) for a
@@ -86,17 +91,24 @@ def _quality_focal_loss_sum_and_grad(
     p = logits.sigmoid()
     bce = torch.addcmul(F.softplus(logits), logits, targets, value=-1.0)
     gap = p - targets
-    # invalid (ignored) anchors: g = 0 makes both the loss and its gradient 0
-    gap.masked_fill_(~valid.unsqueeze(-1), 0.0)
-    focal = gap.square() if beta == 2 else gap.abs().pow(beta)
+    valid = valid.unsqueeze(-1)
+    # ignored anchors: g = 0 zeroes the first term of dL/dz, and the focal factor below (0 there)
+    # zeroes L and the second term
+    gap.masked_fill_(~valid, 0.0)
+    if beta == 2:
+        focal = gap.square()  # already 0 where g = 0
+    else:
+        focal = gap.abs().pow(beta).mul_(valid)  # |0|^0 = 1: the mask itself for beta = 0
     grad = None
     if with_grad:
         p.addcmul_(p, p, value=-1.0)  # p (1 - p)
         if beta == 2:
             grad = torch.addcmul(focal, bce, p, value=2.0).mul_(gap)
         else:
-            # d|g|^beta / dg = beta |g|^(beta - 1) sign(g), finite at g = 0 for beta >= 1
-            slope = gap.abs().pow(beta - 1).mul_(gap.sign()).mul_(bce).mul_(p)
+            # d|g|^beta / dg = beta |g|^(beta - 1) sign(g), taken as 0 where g = 0 (infinite
+            # |g|^(beta - 1) for beta < 1; sign(0) = 0 otherwise)
+            slope = gap.abs().pow(beta - 1).masked_fill_(gap == 0, 0.0)
+            slope = slope.mul_(gap.sign()).mul_(bce).mul_(p)
             grad = torch.add(focal * gap, slope, alpha=beta)
     # Tensor.sum adds pairwise; a float32 running sum (torch.dot on the CPU) loses precision over
     # the ~10^7 elements of N x R x K at COCO scale (tests/test_losses.py checks 1e-5)
@@ -168,6 +180,8 @@ class HarmonyDistillationLoss(nn.Module):
             )
         if box_reg_loss_type != "smooth_l1" and box_reg_loss_type not in _BOX_LOSSES:
             raise ValueError(f"unsupported box regression loss type {box_reg_loss_type!r}")
+        if not beta >= 0:
+            raise ValueError(f"MODEL.TBD.HD.BETA must be >= 0, got {beta}")
         self.beta = beta
         self.target = target
         self.reg_weighting = reg_weighting

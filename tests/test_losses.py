@@ -191,8 +191,8 @@ def test_task_masks_reference_and_mean_one():
     r = (16 + 4) * a
     logits = torch.randn(n, r, K)
     u = torch.rand(n, r)
-    ious = torch.rand(n, r)
-    cls_masks, reg_masks = task_masks(logits, u, ious, 0.4, _levels())
+    matched = torch.rand(n, r) >= 0.4
+    cls_masks, reg_masks = task_masks(logits, u, matched, _levels())
     # reference for level 0 by explicit loops over locations
     p = logits.sigmoid()
     for img in range(n):
@@ -200,9 +200,9 @@ def test_task_masks_reference_and_mean_one():
             for w in range(4):
                 idx = [(h * 4 + w) * a + j for j in range(a)]
                 m_cls = p[img, idx].max()
-                m_reg = max(float(u[img, i]) if ious[img, i] >= 0.4 else 0.0 for i in idx)
+                m_reg = max(float(u[img, i]) if matched[img, i] else 0.0 for i in idx)
                 raw_cls = p[img, : 16 * a].view(16, a * K).max(1).values.mean()
-                reg_all = torch.where(ious >= 0.4, u, torch.zeros(()))[img, : 16 * a]
+                reg_all = torch.where(matched, u, torch.zeros(()))[img, : 16 * a]
                 raw_reg = reg_all.view(16, a).max(1).values.mean()
                 assert cls_masks[0][img, h, w].item() == pytest.approx(
                     (m_cls / (raw_cls + 1e-6)).item(), rel=1e-4
@@ -214,9 +214,10 @@ def test_task_masks_reference_and_mean_one():
         assert torch.allclose(m.mean((1, 2)), torch.ones(n), atol=1e-4)
 
 
-def test_task_masks_zero_regression_mask_without_overlap():
+def test_task_masks_zero_regression_mask_without_matched_anchors():
     logits = torch.randn(1, 40, K)
-    _, reg_masks = task_masks(logits, torch.rand(1, 40), torch.zeros(1, 40), 0.4, _levels())
+    unmatched = torch.zeros(1, 40, dtype=torch.bool)
+    _, reg_masks = task_masks(logits, torch.rand(1, 40), unmatched, _levels())
     assert all(torch.all(m == 0) for m in reg_masks)
 
 

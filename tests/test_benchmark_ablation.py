@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from conftest import REPO, load_cfg
-from detectron2.modeling import RetinaNet, build_model
+from detectron2.modeling import build_model
 
 from tbd import TBDRetinaNet
 
@@ -147,9 +147,9 @@ def test_toy_arguments_never_default_into_docs():
 
 
 # row: (class, HD target or None when HD is off, HD regression weighting, TFD mask or None,
-# TFD balance)
+# TFD balance); the baseline is a TBDRetinaNet that does not distill (the same loss normalizer)
 EXPECTED = {
-    "baseline": (RetinaNet, None, None, None, None),
+    "baseline": (TBDRetinaNet, None, None, None, None),
     "feature_mimic": (TBDRetinaNet, None, None, "uniform", "fixed"),
     "logit_kd": (TBDRetinaNet, "teacher", "uniform", None, None),
     "hd_only": (TBDRetinaNet, "harmony", "harmony", None, None),
@@ -161,7 +161,9 @@ EXPECTED = {
 def _check_switches(model, row):
     cls, hd_target, hd_weighting, tfd_mask, tfd_balance = EXPECTED[row]
     assert type(model) is cls
-    if cls is RetinaNet:
+    if row == "baseline":
+        assert not model.distills and model.teacher_cfg is None
+        assert model.hd_loss is None and model.tfd_loss is None
         return
     assert model.distills
     if hd_target is None:

@@ -314,3 +314,45 @@ def test_eval_only_never_reads_the_teacher(
     assert not os.path.exists(missing_teacher)
     assert len(detections["TBDRetinaNet"]) > 0
     assert detections["TBDRetinaNet"] == detections["RetinaNet"]
+
+
+def test_no_teacher_config_needed_for_eval_export_and_the_same_detections(
+    student_weights, missing_teacher, eval_datasets, tmp_path
+):
+    """A student shipped without its teacher's files: MODEL.TBD.TEACHER.CONFIG_FILE names a file
+    that does not exist. ``--eval-only`` and the export tool work, without the (training-only) TFD
+    adapter, and give the same detections as with the teacher's config present."""
+    gone = str(tmp_path / "no_such_dir" / "teacher.yaml")
+    without = ["MODEL.TBD.TEACHER.CONFIG_FILE", gone]
+
+    # the export tool: load, export, verify; predictions as with the config present
+    cfg_with = student_config(student_weights, missing_teacher)
+    cfg_without = load_cfg(STUDENT_CONFIG, teacher_opts(missing_teacher) + without)
+    cfg_without.MODEL.WEIGHTS = student_weights
+    cfg_with.freeze()
+    cfg_without.freeze()
+    model = export_model.load_student(cfg_without)
+    assert model.distills and model.tfd_loss is None and not distillation_keys(model.state_dict())
+    image = export_model.sample_image(cfg_without, seed=2)
+    expected = export_model.predict(export_model.load_student(cfg_with), image)
+    assert len(expected) > 0
+    assert_instances_allclose(expected, export_model.predict(model, image), rtol=0.0)
+    report = export_model.export(model, cfg_without, image, str(tmp_path / "ts"), runs=0)
+    assert all(v["detections"] > 0 for v in report["verified"])
+
+    # train_net.py --eval-only
+    detections = {}
+    for name, opts in (("with", []), ("without", without)):
+        output = tmp_path / name
+        args = train_net.argument_parser().parse_args(
+            ["--config-file", STUDENT_CONFIG, "--eval-only"]
+            + teacher_opts(missing_teacher)
+            + opts
+            + ["MODEL.WEIGHTS", student_weights, "OUTPUT_DIR", str(output)]
+            + ["DATASETS.TRAIN", f"('{DATASETS[0]}',)", "DATASETS.TEST", f"('{DATASETS[1]}',)"]
+        )
+        train_net.main(args)
+        path = output / "inference" / DATASETS[1] / "coco_instances_results.json"
+        detections[name] = json.loads(path.read_text())
+    assert len(detections["with"]) > 0 and detections["with"] == detections["without"]
+    assert not os.path.exists(gone)

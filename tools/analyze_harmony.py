@@ -68,12 +68,13 @@ def load_cfg(config_file, opts, weights):
 
 def build_model(cfg):
     """The model in eval mode with its checkpoint; a TBDRetinaNet builds no teacher for this."""
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model as build
+
+    from tbd.checkpoint import SafeCheckpointer
 
     model = build(cfg).eval()
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        SafeCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     else:
         logger.warning("MODEL.WEIGHTS is empty: analyzing a randomly initialized model")
     return model

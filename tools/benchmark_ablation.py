@@ -56,6 +56,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run_demo import load_cfg, read_metrics, run_stage, schedule  # noqa: E402
 
+from tbd.config import distills  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (row, label, full-size config); the order of the table
@@ -153,11 +155,6 @@ def in_repo(path: str) -> str:
     return os.path.join(REPO, path)
 
 
-def distills(cfg) -> bool:
-    tbd = cfg.MODEL.TBD
-    return cfg.MODEL.META_ARCHITECTURE == "TBDRetinaNet" and (tbd.HD.ENABLED or tbd.TFD.ENABLED)
-
-
 def _get(cfg, key: str):
     for part in key.split("."):
         cfg = cfg[part]
@@ -166,12 +163,12 @@ def _get(cfg, key: str):
 
 def toy_switches(row: str) -> List[str]:
     """The opts that turn the quick-schedule TBD student into ``row``: its values of
-    :data:`SWITCHES` that differ from tbd_R18.yaml's (or a plain RetinaNet for a row that does not
-    distill). Read from the row's own config file, so that toy and full runs cannot disagree."""
+    ``MODEL.META_ARCHITECTURE`` and :data:`SWITCHES` that differ from tbd_R18.yaml's (for the
+    baseline: HD and TFD off). Read from the row's own config file, so that toy and full runs
+    cannot disagree."""
     cfg, tbd = load_cfg(CONFIGS[row], []), load_cfg(CONFIGS["tbd"], [])
-    if not distills(cfg):
-        return ["MODEL.META_ARCHITECTURE", cfg.MODEL.META_ARCHITECTURE]
-    return [x for k in SWITCHES if _get(cfg, k) != _get(tbd, k) for x in (k, str(_get(cfg, k)))]
+    keys = ["MODEL.META_ARCHITECTURE", *SWITCHES]
+    return [x for k in keys if _get(cfg, k) != _get(tbd, k) for x in (k, str(_get(cfg, k)))]
 
 
 def toy_data(output: str) -> List[str]:

@@ -38,7 +38,6 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import detectron2.data.transforms as T
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config.instantiate import dump_dataclass
 from detectron2.data import detection_utils
 from detectron2.export import TracingAdapter
@@ -49,6 +48,7 @@ from detectron2.utils.logger import setup_logger
 from PIL import Image
 
 import tbd  # noqa: F401  (registers TBDRetinaNet)
+from tbd.checkpoint import SafeCheckpointer
 from tbd.config import load_tbd_config
 from tbd.deploy import to_retinanet
 from tbd.synthetic import render_sample
@@ -88,7 +88,7 @@ def load_student(cfg):
     """
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        SafeCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     else:
         logger.warning("MODEL.WEIGHTS is empty: exporting a randomly initialized model")
     return model.eval()

@@ -81,7 +81,7 @@ def stages(args):
         iters = args.teacher_iters if name == "teacher" else args.student_iters
         opts = data + schedule(iters) + ["OUTPUT_DIR", os.path.join(out, name)]
         if name == "baseline" and args.toy:  # the quick TBD config with distillation off
-            opts += ["MODEL.META_ARCHITECTURE", "RetinaNet"]
+            opts += ["MODEL.TBD.HD.ENABLED", "False", "MODEL.TBD.TFD.ENABLED", "False"]
         if name == "tbd":
             opts += ["MODEL.TBD.TEACHER.CONFIG_FILE", configs["teacher"]]
             opts += ["MODEL.TBD.TEACHER.WEIGHTS", teacher_weights]
@@ -127,12 +127,13 @@ def read_metrics(stage_dir):
 
 
 def load_model(config_file, opts, weights):
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
+
+    from tbd.checkpoint import SafeCheckpointer
 
     cfg = load_cfg(config_file, opts)
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(weights)
+    SafeCheckpointer(model).load(weights)
     return cfg, model
 
 

@@ -1,7 +1,8 @@
 # Two commands for a fresh machine (see README.md):
 #   make demo   the embedded default demo
 #   make test   lint + the test suite
-# Both install what is missing first (make setup) and are idempotent.
+# Both install what is missing first (make setup) and are idempotent. make setup ends with
+# `pip check`: it fails when an installed distribution's requirements are not met.
 #
 # Variables:
 #   VENV=path          the virtual environment (default .venv inside the repo; point it at an
@@ -24,6 +25,7 @@ $(STAMP): pyproject.toml tools/install_detectron2.py Makefile
 	@$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(TORCH_SPEC)
 	$(PY) tools/install_detectron2.py --mode $(D2_MODE)
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip check
 	$(PY) -c "import detectron2, tbd, torch; print('detectron2', detectron2.__version__, '| torch', torch.__version__)"
 	@touch $(STAMP)
 

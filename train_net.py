@@ -2,15 +2,16 @@
 """
 Task-Balanced Distillation (TBD) training script, built on detectron2's DefaultTrainer.
 
-Trains teachers, baseline students (META_ARCHITECTURE "RetinaNet") and TBD students
-("TBDRetinaNet") alike; ``--eval-only`` evaluates with COCOEvaluator and never loads a teacher.
+Trains teachers, baseline students (``TBDRetinaNet`` with HD and TFD disabled, or a plain
+``RetinaNet``) and TBD students alike; ``--eval-only`` evaluates with COCOEvaluator and never loads
+a teacher. Training a distilling config checks its teacher's files before any dataset is prepared.
+Every checkpoint is read with ``tbd.checkpoint.SafeCheckpointer`` (no code from the file runs).
 """
 
 import contextlib
 import os
 import weakref
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.engine import defaults as d2_defaults
 from detectron2.engine import launch
@@ -19,9 +20,10 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from tbd import allocator
-from tbd.checkpoint import AtomicCheckpointer
+from tbd.checkpoint import AtomicCheckpointer, SafeCheckpointer
 from tbd.config import load_tbd_config
 from tbd.datasets import register_datasets
+from tbd.teacher import check_teacher_files
 
 
 def _unwrap(model):
@@ -104,12 +106,15 @@ def configure_malloc(cfg, args) -> bool:
 
 def main(args):
     cfg = setup(args)
+    if not args.eval_only:
+        # a wrong teacher config or weights path fails in seconds, before datasets are generated
+        check_teacher_files(cfg)
     configure_malloc(cfg, args)
     prepare_datasets(cfg)
 
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)

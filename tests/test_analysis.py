@@ -315,3 +315,20 @@ def test_tool_runs_as_a_script():
     assert result.returncode == 0, result.stderr
     for flag in ("--compare-config", "--delta", "--topk", "--max-images", "--dataset"):
         assert flag in result.stdout
+
+
+def test_tool_needs_no_teacher_config_for_a_tbd_student(toy, tmp_path):
+    """tools/analyze_harmony.py on a TBD student whose MODEL.TBD.TEACHER.CONFIG_FILE does not
+    exist: the same numbers as with the teacher's config present."""
+    reports = {}
+    for name, teacher_config in (("with", TEACHER_CONFIG), ("without", str(tmp_path / "x.yaml"))):
+        argv = ["--config-file", STUDENT_CONFIG, "--weights", toy["student"]]
+        argv += ["--output", str(tmp_path / name), "--dataset", NAMES[1], "--no-progress"]
+        argv += ["--max-images", "2", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"]
+        argv += ["MODEL.TBD.TEACHER.CONFIG_FILE", teacher_config]
+        argv += ["MODEL.TBD.TEACHER.WEIGHTS", str(toy["root"] / "missing.pth")]
+        report = toy["tool"].main(argv)
+        (entry,) = report["models"].values()
+        reports[name] = {k: entry[k] for k in ("detections", "anchors", "coco")}
+    assert reports["with"]["anchors"]["count"] > 0
+    assert reports["with"] == reports["without"]

@@ -16,6 +16,7 @@ from detectron2.modeling import RetinaNet, build_model
 from PIL import Image
 
 from tbd import TBDRetinaNet
+from tbd.config import distills
 from tbd.experiments import ablation, runs
 from tbd.experiments.regimes import CONVERGED, REGIMES, SWITCHES, SYNTHETIC
 
@@ -112,9 +113,9 @@ def test_toy_arguments_never_default_into_docs():
 
 
 # row: (class, HD target or None when HD is off, HD regression weighting, TFD mask or None,
-# TFD balance)
+# TFD balance); the baseline is a TBDRetinaNet that does not distill (the same loss normalizer)
 EXPECTED = {
-    "baseline": (RetinaNet, None, None, None, None),
+    "baseline": (TBDRetinaNet, None, None, None, None),
     "feature_mimic": (TBDRetinaNet, None, None, "uniform", "fixed"),
     "logit_kd": (TBDRetinaNet, "teacher", "uniform", None, None),
     "hd_only": (TBDRetinaNet, "harmony", "harmony", None, None),
@@ -126,11 +127,11 @@ ROWS = [(regime, row) for regime in REGIMES for row in SYNTHETIC.row_names]
 
 def _check_switches(model, row):
     cls, hd_target, hd_weighting, tfd_mask, tfd_balance = EXPECTED[row]
-    if row == "baseline":  # a RetinaNet, or a TBDRetinaNet with HD and TFD disabled
-        assert type(model) in (RetinaNet, TBDRetinaNet)
-        assert not getattr(model, "distills", False)
-        return
     assert type(model) is cls
+    if row == "baseline":
+        assert not model.distills and model.teacher_cfg is None
+        assert model.hd_loss is None and model.tfd_loss is None
+        return
     assert model.distills
     if hd_target is None:
         assert model.hd_loss is None
@@ -168,35 +169,32 @@ def test_toy_rows_build_with_the_same_switches(regime, row, teacher_weights, mon
     _check_switches(build_model(load_cfg(os.path.join(REPO, run["config"]), opts)), row)
 
 
-def test_a_tbd_retinanet_baseline_with_distillation_off_stays_a_baseline(
-    tmp_path, teacher_weights, monkeypatch
-):
-    """The converged baseline may be a TBDRetinaNet with HD and TFD disabled (the same training
-    process as the distilled rows): it trains without a teacher, at toy size too."""
+@pytest.mark.parametrize("regime", list(REGIMES))
+def test_the_baseline_is_a_tbd_retinanet_with_distillation_off(regime, tmp_path, monkeypatch):
+    """The baseline of both regimes is a TBDRetinaNet with HD and TFD disabled (the same loss
+    normalizer as the distilled rows): it does not distill (``tbd.config.distills``) and trains
+    without a teacher, at full and at toy size (where its switches turn HD and TFD off). A plain
+    RetinaNet baseline config still works: its toy switch is its meta-architecture."""
     monkeypatch.chdir(REPO)
-    config = tmp_path / "baseline.yaml"
-    config.write_text(
-        f'_BASE_: "{os.path.join(REPO, CONVERGED.configs["tbd"])}"\n'
-        "MODEL:\n  TBD:\n    HD:\n      ENABLED: False\n    TFD:\n      ENABLED: False\n"
-    )
-    rows = tuple(
-        dataclasses.replace(r, config=str(config)) if r.name == "baseline" else r
-        for r in CONVERGED.rows
-    )
-    regime = dataclasses.replace(CONVERGED, rows=rows)
-    assert not ablation.distills(load_cfg(str(config)))
+    fair = REGIMES[regime]
+    assert not distills(load_cfg(os.path.join(REPO, fair.configs["baseline"])))
     off = ["MODEL.TBD.HD.ENABLED", "False", "MODEL.TBD.TFD.ENABLED", "False"]
-    assert ablation.toy_switches(regime, "baseline") == off
-    # a plain RetinaNet baseline (configs/Converged/student.yaml for now): its meta-architecture
-    assert ablation.toy_switches(CONVERGED, "baseline") == ["MODEL.META_ARCHITECTURE", "RetinaNet"]
-    for toy in (False, True):
-        args = bench.parse_args(["--regime", "converged", "--rows", "baseline", "--seeds", "0"])
-        args = dataclasses.replace(args, regime=regime, toy=toy)
-        _, (run, doubled) = ablation.plan(args)
-        assert "MODEL.TBD.TEACHER.WEIGHTS" not in run["opts"] + doubled["opts"]
-        model = build_model(load_cfg(run["config"], run["opts"]))
-        assert type(model) is TBDRetinaNet and not model.distills
-    assert ablation.teacher_config(regime) == "configs/Converged/teacher.yaml"
+    assert ablation.toy_switches(fair, "baseline") == off
+    config = tmp_path / "retinanet.yaml"
+    config.write_text(f'_BASE_: "{os.path.join(REPO, "configs", "Base-TBD-RetinaNet.yaml")}"\n')
+    rows = tuple(
+        dataclasses.replace(r, config=str(config)) if r.name == "baseline" else r for r in fair.rows
+    )
+    plain = dataclasses.replace(fair, rows=rows)
+    assert ablation.toy_switches(plain, "baseline") == ["MODEL.META_ARCHITECTURE", "RetinaNet"]
+    assert ablation.teacher_config(plain) == ablation.teacher_config(fair)
+    for r, cls in ((fair, TBDRetinaNet), (plain, RetinaNet)):
+        for toy in (False, True):
+            args = bench.parse_args(["--regime", regime, "--rows", "baseline", "--seeds", "0"])
+            _, planned = ablation.plan(dataclasses.replace(args, regime=r, toy=toy))
+            assert all("MODEL.TBD.TEACHER.WEIGHTS" not in run["opts"] for run in planned)
+            model = build_model(load_cfg(planned[0]["config"], planned[0]["opts"]))
+            assert type(model) is cls and not getattr(model, "distills", False)
 
 
 def _flat(cfg, prefix=""):

@@ -23,6 +23,7 @@ from PIL import Image
 
 import tbd.export as tbd_export
 from tbd import FrozenTeacher, TBDRetinaNet
+from tbd.checkpoint import load_eval_model
 from tbd.datasets import register_synthetic
 from tbd.deploy import distillation_keys, retinanet_config, student_state_dict, to_retinanet
 
@@ -58,17 +59,24 @@ def missing_teacher(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def student_weights(tmp_path_factory, missing_teacher):
+def detecting_student(cfg):
     """
-    A TBD student checkpoint as training writes it (``DetectionCheckpointer(model).save``), with
-    the TFD adapter. The classification prior is reset to p = 0.5 so that the random student
-    detects ~100 boxes per image: comparing empty predictions would prove nothing.
+    A randomly initialized student of ``cfg`` (on its ``MODEL.DEVICE``) whose classification prior
+    is reset to p = 0.5, so that it detects ~100 boxes per image: comparing empty predictions would
+    prove nothing.
     """
     torch.manual_seed(0)
-    model = build_model(student_config("", missing_teacher))
+    model = build_model(cfg)
     with torch.no_grad():
         model.head.cls_score.bias.zero_()
+    return model
+
+
+@pytest.fixture(scope="module")
+def student_weights(tmp_path_factory, missing_teacher):
+    """A TBD student checkpoint as training writes it (``DetectionCheckpointer(model).save``), with
+    the TFD adapter: :func:`detecting_student`."""
+    model = detecting_student(student_config("", missing_teacher))
     out = tmp_path_factory.mktemp("student")
     DetectionCheckpointer(model, save_dir=str(out)).save("model_final")
     return str(out / "model_final.pth")
@@ -89,10 +97,10 @@ def student_config(weights, missing_teacher):
 
 @pytest.fixture(scope="module")
 def student(student_weights, missing_teacher):
-    """The saved student, loaded by the export tool, and its (frozen) config."""
+    """The saved student, loaded as the export tool loads it, and its (frozen) config."""
     cfg = student_config(student_weights, missing_teacher)
     cfg.freeze()
-    return tbd_export.load_student(cfg), cfg
+    return load_eval_model(cfg), cfg
 
 
 def num_parameters(named_parameters):
@@ -308,3 +316,45 @@ def test_eval_only_never_reads_the_teacher(
     assert not os.path.exists(missing_teacher)
     assert len(detections["TBDRetinaNet"]) > 0
     assert detections["TBDRetinaNet"] == detections["RetinaNet"]
+
+
+def test_no_teacher_config_needed_for_eval_export_and_the_same_detections(
+    student_weights, missing_teacher, eval_datasets, tmp_path
+):
+    """A student shipped without its teacher's files: MODEL.TBD.TEACHER.CONFIG_FILE names a file
+    that does not exist. ``--eval-only`` and the export tool work, without the (training-only) TFD
+    adapter, and give the same detections as with the teacher's config present."""
+    gone = str(tmp_path / "no_such_dir" / "teacher.yaml")
+    without = ["MODEL.TBD.TEACHER.CONFIG_FILE", gone]
+
+    # the export tool: load, export, verify; predictions as with the config present
+    cfg_with = student_config(student_weights, missing_teacher)
+    cfg_without = load_cfg(STUDENT_CONFIG, teacher_opts(missing_teacher) + without)
+    cfg_without.MODEL.WEIGHTS = student_weights
+    cfg_with.freeze()
+    cfg_without.freeze()
+    model = load_eval_model(cfg_without)
+    assert model.distills and model.tfd_loss is None and not distillation_keys(model.state_dict())
+    image = tbd_export.sample_image(cfg_without, seed=2)
+    expected = tbd_export.predict(load_eval_model(cfg_with), image)
+    assert len(expected) > 0
+    assert_instances_allclose(expected, tbd_export.predict(model, image), rtol=0.0)
+    report = tbd_export.export(model, cfg_without, image, str(tmp_path / "ts"), runs=0)
+    assert all(v["detections"] > 0 for v in report["verified"])
+
+    # train_net.py --eval-only
+    detections = {}
+    for name, opts in (("with", []), ("without", without)):
+        output = tmp_path / name
+        args = train_net.argument_parser().parse_args(
+            ["--config-file", STUDENT_CONFIG, "--eval-only"]
+            + teacher_opts(missing_teacher)
+            + opts
+            + ["MODEL.WEIGHTS", student_weights, "OUTPUT_DIR", str(output)]
+            + ["DATASETS.TRAIN", f"('{DATASETS[0]}',)", "DATASETS.TEST", f"('{DATASETS[1]}',)"]
+        )
+        train_net.main(args)
+        path = output / "inference" / DATASETS[1] / "coco_instances_results.json"
+        detections[name] = json.loads(path.read_text())
+    assert len(detections["with"]) > 0 and detections["with"] == detections["without"]
+    assert not os.path.exists(gone)

@@ -8,9 +8,13 @@ from detectron2.structures import Boxes, pairwise_iou
 from tbd.harmony import (
     anchor_iou,
     classification_quality,
+    foreground_anchors,
     harmonious_fraction,
     harmony_score,
     localization_quality,
+    matched_anchors,
+    reencode_deltas,
+    same_box_transform,
 )
 
 
@@ -73,3 +77,36 @@ def test_harmonious_fraction():
     # |s - u| = 0.1, 0.6, 0.0, 0.8 (the fifth is masked): 2 of 4 within 0.2
     assert harmonious_fraction(s, u, mask, 0.2).item() == pytest.approx(0.5)
     assert harmonious_fraction(s, u, torch.zeros(5, dtype=torch.bool), 0.2).item() == 0.0
+
+
+@pytest.mark.parametrize(
+    "source, target",
+    [
+        (Box2BoxTransform((10.0, 10.0, 5.0, 5.0)), Box2BoxTransform((1.0, 1.0, 1.0, 1.0))),
+        (Box2BoxTransform((1.0, 2.0, 3.0, 4.0), scale_clamp=1.0), Box2BoxTransform((2.0,) * 4)),
+    ],
+)
+def test_reencode_deltas_is_get_deltas_of_apply_deltas(source, target):
+    torch.manual_seed(0)
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 25.0, 15.0], [0, 0, 40, 40]])
+    deltas = torch.randn(2, 3, 4, dtype=torch.float64) * 4  # some beyond the scale clamp
+    expected = torch.stack(
+        [
+            target.get_deltas(anchors.double(), source.apply_deltas(d, anchors.double()))
+            for d in deltas
+        ]
+    )
+    assert torch.allclose(reencode_deltas(deltas, source, target), expected, atol=1e-9)
+    # the same transform: the deltas themselves, untouched
+    assert (
+        reencode_deltas(deltas, source, Box2BoxTransform(source.weights, source.scale_clamp))
+        is deltas
+    )
+    assert same_box_transform(source, Box2BoxTransform(source.weights, source.scale_clamp))
+    assert not same_box_transform(source, target)
+
+
+def test_matched_and_foreground_anchors():
+    labels = torch.tensor([[0, 3, -1, 2]])  # K = 3: foreground, background, ignored, foreground
+    assert matched_anchors(labels, 3).tolist() == [[True, False, True, True]]
+    assert foreground_anchors(labels, 3).tolist() == [[True, False, False, True]]

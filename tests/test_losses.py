@@ -35,26 +35,51 @@ def test_quality_focal_loss_reference():
     assert quality_focal_loss(torch.logit(t), t, 2.0).abs().max() < 1e-6
 
 
-@pytest.mark.parametrize("beta", [2.0, 1.5])
+def _qfl_case(seed=0, n=3, r=50, k=4):
+    """Logits, targets with many exact zeros, ignored anchors (valid False), and valid entries
+    where the student's score equals the target exactly (g = 0)."""
+    torch.manual_seed(seed)
+    z = torch.randn(n, r, k, dtype=torch.float64) * 3
+    t = torch.rand(n, r, k, dtype=torch.float64) * (torch.rand(n, r, k) < 0.3)
+    valid = torch.rand(n, r) > 0.2
+    exact = torch.rand(n, r, k) < 0.05
+    t = torch.where(exact, z.sigmoid(), t)
+    return z, t, valid, exact & valid.unsqueeze(-1)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 1.5, 2.0])
 def test_fused_quality_focal_loss_sum_matches_autograd_of_the_definition(beta):
-    torch.manual_seed(0)
-    z = (torch.randn(3, 50, 4, dtype=torch.float64) * 3).requires_grad_()
-    t = torch.rand(3, 50, 4, dtype=torch.float64) * (torch.rand(3, 50, 4) < 0.3)
-    valid = torch.rand(3, 50) > 0.2
-    reference = (quality_focal_loss(z, t, beta).sum(-1) * valid).sum()
+    """The fused sum and gradient against autograd of quality_focal_loss over the valid anchors
+    only, for beta below, at and above 1, with ignored anchors present; where g = sigmoid(z) - t = 0
+    on a valid anchor the gradient is 0 (the convention for beta < 1, where the derivative does
+    not exist)."""
+    z, t, valid, exact = _qfl_case()
+    z = z.requires_grad_()
+    reference = quality_focal_loss(z[valid], t[valid], beta).sum()
     (grad_reference,) = torch.autograd.grad(reference, z)
     fused = quality_focal_loss_sum(z, t, valid, beta)
     (grad_fused,) = torch.autograd.grad(3.0 * fused, z)  # the backward scales by the upstream grad
     assert fused.item() == pytest.approx(reference.item(), rel=1e-10)
-    assert torch.allclose(grad_fused, 3.0 * grad_reference, rtol=1e-9, atol=1e-12)
-    assert torch.all(grad_fused[~valid] == 0)
+    assert torch.isfinite(grad_fused).all()
+    assert torch.all(grad_fused[~valid] == 0) and torch.all(grad_fused[exact] == 0)
+    ok = ~exact  # autograd of the definition is NaN there for beta < 1
+    assert torch.allclose(grad_fused[ok], 3.0 * grad_reference[ok], rtol=1e-9, atol=1e-12)
     with torch.no_grad():  # no gradient wanted: the same value, and no graph
         value = quality_focal_loss_sum(z, t, valid, beta)
     assert value.item() == pytest.approx(fused.item()) and value.grad_fn is None
-    z_small = z[:1, :6].detach().clone().requires_grad_()
-    assert torch.autograd.gradcheck(
-        lambda x: quality_focal_loss_sum(x, t[:1, :6], valid[:1, :6], beta), (z_small,)
-    )
+    if beta >= 1:  # differentiable everywhere
+        z_small = z[:1, :6].detach().clone().requires_grad_()
+        assert torch.autograd.gradcheck(
+            lambda x: quality_focal_loss_sum(x, t[:1, :6], valid[:1, :6], beta), (z_small,)
+        )
+
+
+def test_quality_focal_loss_sum_beta_zero_ignores_ignored_anchors():
+    # |g|^0 = 1: without the explicit mask the ignored anchors' BCE would count
+    z, t = torch.zeros(1, 2, 1), torch.full((1, 2, 1), 0.25)
+    valid = torch.tensor([[True, False]])
+    expected = F.binary_cross_entropy_with_logits(z[0, 0], t[0, 0], reduction="sum")
+    assert quality_focal_loss_sum(z, t, valid, 0.0).item() == pytest.approx(expected.item())
 
 
 def test_quality_focal_loss_sum_is_accurate_over_many_elements():
@@ -75,7 +100,7 @@ def test_quality_focal_loss_sum_is_accurate_over_many_elements():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("beta", [2.0, 1.5])
+@pytest.mark.parametrize("beta", [2.0, 1.5, 0.5, 0.0])
 def test_compiled_quality_focal_loss_sum_equals_the_eager_one(beta):
     # MODEL.TBD.HD.COMPILE: torch.compile's fused kernel, with dynamic shapes (two anchor counts)
     torch.manual_seed(0)
@@ -89,7 +114,7 @@ def test_compiled_quality_focal_loss_sum_equals_the_eager_one(beta):
         (grad_compiled,) = torch.autograd.grad(compiled, z)
         assert compiled.item() == pytest.approx(eager.item(), rel=1e-5)
         assert torch.allclose(grad_compiled, grad_eager, rtol=1e-5, atol=1e-7)
-        assert torch.all(grad_compiled[~valid] == 0)
+        assert torch.all(grad_compiled[~valid] == 0) and torch.isfinite(grad_compiled).all()
 
 
 def test_hd_cls_zero_when_student_equals_teacher():
@@ -152,6 +177,8 @@ def test_hd_rejects_unknown_options():
         hd(target="bogus")
     with pytest.raises(ValueError, match="REG_WEIGHTING"):
         hd(reg_weighting="bogus")
+    with pytest.raises(ValueError, match=r"HD\.BETA must be >= 0"):
+        hd(beta=-1.0)
 
 
 def _levels():
@@ -164,8 +191,8 @@ def test_task_masks_reference_and_mean_one():
     r = (16 + 4) * a
     logits = torch.randn(n, r, K)
     u = torch.rand(n, r)
-    ious = torch.rand(n, r)
-    cls_masks, reg_masks = task_masks(logits, u, ious, 0.4, _levels())
+    matched = torch.rand(n, r) >= 0.4
+    cls_masks, reg_masks = task_masks(logits, u, matched, _levels())
     # reference for level 0 by explicit loops over locations
     p = logits.sigmoid()
     for img in range(n):
@@ -173,9 +200,9 @@ def test_task_masks_reference_and_mean_one():
             for w in range(4):
                 idx = [(h * 4 + w) * a + j for j in range(a)]
                 m_cls = p[img, idx].max()
-                m_reg = max(float(u[img, i]) if ious[img, i] >= 0.4 else 0.0 for i in idx)
+                m_reg = max(float(u[img, i]) if matched[img, i] else 0.0 for i in idx)
                 raw_cls = p[img, : 16 * a].view(16, a * K).max(1).values.mean()
-                reg_all = torch.where(ious >= 0.4, u, torch.zeros(()))[img, : 16 * a]
+                reg_all = torch.where(matched, u, torch.zeros(()))[img, : 16 * a]
                 raw_reg = reg_all.view(16, a).max(1).values.mean()
                 assert cls_masks[0][img, h, w].item() == pytest.approx(
                     (m_cls / (raw_cls + 1e-6)).item(), rel=1e-4
@@ -187,9 +214,10 @@ def test_task_masks_reference_and_mean_one():
         assert torch.allclose(m.mean((1, 2)), torch.ones(n), atol=1e-4)
 
 
-def test_task_masks_zero_regression_mask_without_overlap():
+def test_task_masks_zero_regression_mask_without_matched_anchors():
     logits = torch.randn(1, 40, K)
-    _, reg_masks = task_masks(logits, torch.rand(1, 40), torch.zeros(1, 40), 0.4, _levels())
+    unmatched = torch.zeros(1, 40, dtype=torch.bool)
+    _, reg_masks = task_masks(logits, torch.rand(1, 40), unmatched, _levels())
     assert all(torch.all(m == 0) for m in reg_masks)
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -20,13 +21,22 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, STUDENT_CONFIG, TEACHER_CONFIG, student_cfg, tiny_synthetic_opts
+from conftest import (
+    REPO,
+    STUDENT_CONFIG,
+    TEACHER_CONFIG,
+    load_cfg,
+    student_cfg,
+    tiny_synthetic_opts,
+)
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser
+from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler
 from PIL import Image
 
 from tbd.datasets import register_coco_datasets, register_synthetic
+from tbd.teacher import load_teacher_weights
 
 sys.path.insert(0, REPO)
 import train_net  # noqa: E402
@@ -267,6 +277,79 @@ def test_teacher_student_mismatch_fails_in_train_net(
     with pytest.raises(ValueError, match=message):
         _main(tmp_path / "out", opts)
     assert steps == [] and _metrics_iterations(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("MODEL.TBD.TEACHER.WEIGHTS", "/nonexistent/teacher.pth"),
+        ("MODEL.TBD.TEACHER.CONFIG_FILE", "/nonexistent/teacher.yaml"),
+    ],
+    ids=["weights", "config"],
+)
+def test_wrong_teacher_path_fails_before_any_dataset_is_made(tmp_path, key, value):
+    """``train_net.py --config-file configs/Synthetic/tbd_R18.yaml`` with a teacher file that does
+    not exist exits non-zero naming it, before the synthetic dataset is generated (a fresh
+    checkout has none: generating the full one takes more than a minute)."""
+    data = tmp_path / "data"
+    cmd = [sys.executable, "train_net.py", "--config-file", "configs/Synthetic/tbd_R18.yaml"]
+    cmd += [key, value, *tiny_synthetic_opts(str(data)), "OUTPUT_DIR", str(tmp_path / "out")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert value in proc.stdout + proc.stderr
+    assert not data.exists()  # no dataset generated, registered or loaded
+
+
+def test_eval_only_does_not_check_the_teacher_files(tmp_path, monkeypatch):
+    """The early check is for training: --eval-only goes on to the datasets (stopped there)."""
+    reached = []
+    monkeypatch.setattr(train_net, "prepare_datasets", lambda cfg: reached.append(cfg) or 1 / 0)
+    args = train_net.argument_parser().parse_args(
+        ["--config-file", STUDENT_CONFIG, "--eval-only", "MODEL.TBD.TEACHER.WEIGHTS", "/none.pth"]
+        + ["OUTPUT_DIR", str(tmp_path)]
+    )
+    with pytest.raises(ZeroDivisionError):
+        train_net.main(args)
+    assert len(reached) == 1
+
+
+def _zoo_pkl(state, path, extra=None):
+    """``state`` in detectron2's model-zoo .pkl format (numpy arrays, detectron2 key names)."""
+    data = {
+        "model": {k: v.numpy() for k, v in state["model"].items()},
+        "__author__": "Detectron2 Model Zoo",
+        "matching_heuristics": True,
+        **(extra or {}),
+    }
+    with open(path, "wb") as f:
+        pickle.dump(data, f)
+    return str(path)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_teacher_from_a_model_zoo_pkl(teacher_state, tmp_path, tbd_log):
+    weights = _zoo_pkl(teacher_state, tmp_path / "model_final_abc.pkl")
+    model = build_model(load_cfg(TEACHER_CONFIG))
+    load_teacher_weights(model, weights)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, teacher_state["model"][name]), name
+    assert f"Loaded the teacher from {weights}: all" in tbd_log.text
+
+
+def test_teacher_pkl_that_runs_code_is_refused(teacher_state, tmp_path):
+    marker = tmp_path / "marker"
+    weights = _zoo_pkl(teacher_state, tmp_path / "evil.pkl", {"x": _Payload(str(marker))})
+    with pytest.raises(RuntimeError, match=r"evil\.pkl.* is not a readable checkpoint: .*io\.open"):
+        load_teacher_weights(build_model(load_cfg(TEACHER_CONFIG)), weights)
+    assert not marker.exists()
 
 
 # --------------------------------------------------------------------------------------------

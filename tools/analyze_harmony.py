@@ -92,9 +92,10 @@ def model_specs(args):
 def run_model(name, cfg, dataset, args, num_mask_images):
     from detectron2.evaluation import COCOEvaluator
 
-    from tbd.experiments.harmony_runs import load_eval_model, measure
+    from tbd.checkpoint import load_eval_model
+    from tbd.experiments.harmony_runs import measure
 
-    model = load_eval_model(cfg)
+    model = load_eval_model(cfg, "analyzing")
     evaluator = COCOEvaluator(
         dataset,
         tasks=("bbox",),

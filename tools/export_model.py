@@ -29,15 +29,8 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from tbd.export import (
-    FORMATS,
-    ExportError,
-    VerificationError,
-    export,
-    load_student,
-    sample_image,
-    setup_cfg,
-)
+from tbd.checkpoint import load_eval_model
+from tbd.export import FORMATS, ExportError, VerificationError, export, sample_image, setup_cfg
 
 EXIT_MISMATCH = 1
 EXIT_EXPORT_FAILED = 2
@@ -65,7 +58,7 @@ def main(argv=None) -> int:
     setup_logger(name="tbd")
     setup_logger(name="detectron2")
     cfg = setup_cfg(args.config_file, args.opts)
-    student = load_student(cfg)
+    student = load_eval_model(cfg, "exporting")
     image = sample_image(cfg, args.sample_image)
     try:
         report = export(student, cfg, image, args.output, args.format, args.runs)

@@ -5,7 +5,8 @@ Install detectron2 into the running Python environment.
 detectron2 is not published on PyPI under its own name. This script tries, in order:
 
 ``auto`` (default)
-    1. keep an importable detectron2 as it is;
+    1. keep an importable detectron2 as it is, unless it is an earlier repack by this script (see
+       ``registry``), which is replaced;
     2. the official source build from GitHub (compiles detectron2's C++/CUDA ops), skipped after a
        short connection check when GitHub cannot be reached;
     3. the registry route below.
@@ -17,7 +18,8 @@ detectron2 is not published on PyPI under its own name. This script tries, in or
     built for CPython 3.10. The wheel is verified against a pinned sha256, its ``_C`` binary is
     dropped (CPython 3.11+ never loads it; upstream detectron2 imports without it), and the pure
     Python package is repacked and installed as a distribution named ``detectron2`` so that
-    ``pip show detectron2`` and ``importlib.metadata.version("detectron2")`` answer.
+    ``pip show detectron2`` and ``importlib.metadata.version("detectron2")`` answer, with the
+    requirements in ``REGISTRY_REQUIRES``.
     Without ``_C``: deformable convolution, rotated-box ops and the fast C++ COCO evaluator are
     missing (``COCOEvaluator`` falls back to pycocotools with the same numbers).
     RetinaNet needs none of them.
@@ -30,6 +32,7 @@ Usage::
 import argparse
 import base64
 import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import socket
@@ -42,11 +45,20 @@ OFFICIAL_URL = "git+https://github.com/facebookresearch/detectron2.git"
 REGISTRY_REQUIREMENT = "sal-detectron2==0.7.2"
 REGISTRY_WHEEL = "sal_detectron2-0.7.2-cp310-none-any.whl"
 REGISTRY_SHA256 = "491af0c7f79bdb2d178e46f6cb16a97c4ac968d45c41ea3f6b6435d59bbee561"
-# The distribution we install; the local label says where it came from.
-REPACKED_VERSION = "0.7.2+sal.a59f0563"
-# Runtime requirements: those of the wheel's metadata, plus what it forgets (fvcore, iopath) and the
-# pins it needs on current Python (numpy<2 for its metadata, setuptools<81 for pkg_resources in
-# detectron2.model_zoo, an OpenCV that accepts numpy<2).
+# The distribution we install. The local label says where it came from (the sal-detectron2 wheel,
+# upstream commit a59f0563) and, last, the revision of the metadata below: bump it whenever
+# REGISTRY_REQUIRES changes. An installed repack whose version or requirements differ from these is
+# replaced (see installed_repack_outdated), so `make setup` updates an existing environment.
+REPACK_LABEL = "+sal."
+REPACKED_VERSION = "0.7.2+sal.a59f0563.2"
+# Runtime requirements: those of the wheel's metadata except its numpy<2, plus what it forgets
+# (fvcore, iopath) and what it needs on current Python (setuptools<81 for pkg_resources in
+# detectron2.model_zoo; OpenCV for detectron2.utils.visualizer).
+# - No numpy pin: upstream detectron2 declares none, and sal-detectron2's numpy<2 (no reason given)
+#   is not needed by the pure-Python package: it and this project's test suite pass with numpy 2
+#   (2.4), which torchvision and the dev extra (onnx, via ml_dtypes) install anyway.
+# - OpenCV <4.11 keeps 4.10.0.84, the version tested (with numpy 2; detectron2.utils.visualizer
+#   draws the demo's figure, tests/test_demo.py).
 REGISTRY_REQUIRES = [
     "Pillow>=7.1",
     "matplotlib",
@@ -57,7 +69,6 @@ REGISTRY_REQUIRES = [
     "cloudpickle",
     "tqdm>4.29.0",
     "tensorboard",
-    "numpy<2",
     "omegaconf>=2.1,<2.4",
     "hydra-core>=1.1",
     "black",
@@ -85,6 +96,25 @@ def detectron2_importable():
     # A fresh interpreter, so that a half-installed package from this process does not count.
     probe = "import detectron2, detectron2.modeling, detectron2.engine"
     return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
+def installed_repack_outdated():
+    """
+    The version of the installed ``detectron2`` distribution when it is an earlier repack by this
+    script (its version has the ``+sal.`` label, and it or its requirements differ from
+    ``REPACKED_VERSION`` and ``REGISTRY_REQUIRES``); else None. Any other detectron2 (the official
+    build, a user's own) is never reported, so it is kept.
+    """
+    try:
+        dist = importlib.metadata.distribution("detectron2")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    version = dist.version
+    if REPACK_LABEL not in version:
+        return None
+    if version == REPACKED_VERSION and list(dist.requires or []) == REGISTRY_REQUIRES:
+        return None
+    return version
 
 
 def github_reachable(timeout=5.0):
@@ -205,7 +235,10 @@ def install_registry(cache_dir):
     wheel = download_registry_wheel(cache_dir)
     with tempfile.TemporaryDirectory() as tmp:
         repacked = repack_as_detectron2(wheel, tmp)
-        # The wheel installs any distribution of the same name over an older one.
+        # The wheel installs over any distribution of the same name and another version; an
+        # earlier repack of the same version (metadata changed without a new label) goes first.
+        if installed_repack_outdated() == REPACKED_VERSION:
+            pip("uninstall", "-y", "detectron2")
         return pip("install", repacked) == 0
 
 
@@ -219,7 +252,10 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
 
-    if args.mode == "auto" and detectron2_importable():
+    outdated = installed_repack_outdated()
+    if outdated:
+        log(f"detectron2 {outdated} is an earlier repack by this script: replacing it")
+    elif args.mode == "auto" and detectron2_importable():
         log("detectron2 is already importable: nothing to do")
         return 0
     ok = False

@@ -19,8 +19,9 @@ from datetime import datetime, timezone
 
 import torch
 
+from tbd.experiments.ablation import toy_switches
 from tbd.experiments.figures import detection_picture
-from tbd.experiments.regimes import TOY_STUDENT_CONFIG, TOY_TEACHER_CONFIG
+from tbd.experiments.regimes import SYNTHETIC, TOY_STUDENT_CONFIG, TOY_TEACHER_CONFIG
 from tbd.experiments.runs import load_cfg, read_metrics, run_stage, schedule, toy_data
 
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
@@ -64,8 +65,8 @@ def stages(args):
     for name in ("teacher", "baseline", "tbd"):
         iters = args.teacher_iters if name == "teacher" else args.student_iters
         opts = data + schedule(iters) + ["OUTPUT_DIR", os.path.join(out, name)]
-        if name == "baseline" and args.toy:  # the quick TBD config with distillation off
-            opts += ["MODEL.META_ARCHITECTURE", "RetinaNet"]
+        if name == "baseline" and args.toy:  # the quick TBD config made the baseline (HD, TFD off)
+            opts += toy_switches(SYNTHETIC, "baseline")
         if name == "tbd":
             opts += ["MODEL.TBD.TEACHER.CONFIG_FILE", configs["teacher"]]
             opts += ["MODEL.TBD.TEACHER.WEIGHTS", teacher_weights]
@@ -75,7 +76,7 @@ def stages(args):
 
 
 def load_model(config_file, opts, weights):
-    from tbd.experiments.harmony_runs import load_eval_model
+    from tbd.checkpoint import load_eval_model
 
     cfg = load_cfg(config_file, opts)
     cfg.MODEL.WEIGHTS = weights

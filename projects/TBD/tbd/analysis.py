@@ -31,11 +31,12 @@ from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 from torch import Tensor
 
 from .harmony import (
-    anchor_iou,
     classification_quality,
+    foreground_anchors,
     harmonious_fraction,
     harmony_score,
     localization_quality,
+    matched_anchors,
 )
 from .losses import task_masks
 
@@ -128,7 +129,7 @@ def dense_forward(model, batched_inputs) -> DenseOutputs:
 def _qualities(model, out: DenseOutputs):
     s = classification_quality(out.logits, out.gt_labels)
     u = localization_quality(out.deltas, out.anchors, out.gt_boxes, model.box2box_transform)
-    return s, u, (out.gt_labels >= 0) & (out.gt_labels < model.num_classes)
+    return s, u, foreground_anchors(out.gt_labels, model.num_classes)
 
 
 @torch.no_grad()
@@ -276,19 +277,16 @@ def harmony_statistics(scores: Tensor, ious: Tensor, delta: float) -> Dict[str, 
 def teacher_task_masks(model, out: DenseOutputs) -> Tuple[List[Tensor], List[Tensor]]:
     """
     The TFD masks (``losses.task_masks``) that ``model``, used as a teacher, gives the batch of
-    ``out``: its scores, its IoUs u(a) and IoU(a, G(a)) with its own anchor matching, the lower
-    threshold of its anchor matcher (as ``TBDRetinaNet.distillation_losses`` does).
+    ``out``: its scores and its IoUs u(a) on the anchors with a matched ground truth
+    (``harmony.matched_anchors``) of its own anchor matching, as
+    ``TBDRetinaNet.distillation_losses`` does with the student's.
 
     Returns:
         two lists (cls, reg), per level, of N x Hl x Wl masks.
     """
     _, u, _ = _qualities(model, out)
     return task_masks(
-        out.logits.float(),
-        u,
-        anchor_iou(out.anchors, out.gt_boxes),
-        model.anchor_matcher.thresholds[1],
-        out.level_shapes,
+        out.logits.float(), u, matched_anchors(out.gt_labels, model.num_classes), out.level_shapes
     )
 
 

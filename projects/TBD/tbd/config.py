@@ -83,6 +83,13 @@ def add_tbd_config(cfg):
     _C.DATASETS.COCO_SPECS = []
 
 
+def distills(cfg) -> bool:
+    """Whether ``cfg`` trains with a teacher: a ``TBDRetinaNet`` with HD or TFD enabled. A
+    ``TBDRetinaNet`` with both disabled is the plain student (no teacher is built or read)."""
+    tbd = cfg.MODEL.TBD
+    return cfg.MODEL.META_ARCHITECTURE == "TBDRetinaNet" and bool(tbd.HD.ENABLED or tbd.TFD.ENABLED)
+
+
 def resolve_config_file(name: str, key: str = "config file") -> str:
     """A config path, or a detectron2 model-zoo config name (its file ships with detectron2)."""
     if os.path.isfile(name):

@@ -21,12 +21,10 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import detectron2.data.transforms as T
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config.instantiate import dump_dataclass
 from detectron2.data import detection_utils
 from detectron2.export import TracingAdapter
 from detectron2.export.flatten import InstancesSchema
-from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from PIL import Image
 
@@ -59,19 +57,6 @@ def setup_cfg(config_file: str, opts: Sequence[str] = ()):
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.freeze()
     return cfg
-
-
-def load_student(cfg):
-    """
-    Build the model of ``cfg`` (a TBDRetinaNet or RetinaNet) and load ``MODEL.WEIGHTS``, in eval
-    mode. A TBDRetinaNet builds its teacher only in a training step, so no teacher file is read.
-    """
-    model = build_model(cfg)
-    if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    else:
-        logger.warning("MODEL.WEIGHTS is empty: exporting a randomly initialized model")
-    return model.eval()
 
 
 def sample_image(cfg, path: str = None, seed: int = 0) -> torch.Tensor:

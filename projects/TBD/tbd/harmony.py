@@ -1,8 +1,12 @@
 """
-Prediction quality and the Harmony Score (docs/method.md, "Harmony Score").
+Anchor matching, prediction quality and the Harmony Score (docs/method.md, "Notation" and
+"Harmony Score").
 
 All tensors are dense over anchors, in RetinaNet's layout: N images x R anchors (R = sum over FPN
-levels of Hi x Wi x A), with class logits N x R x K and box deltas N x R x 4.
+levels of Hi x Wi x A), with class logits N x R x K and box deltas N x R x 4. ``gt_labels`` are
+those of the student's ``RetinaNet.label_anchors``: the class c(a) in [0, K) for foreground
+anchors (including RetinaNet's low-quality matches, whose IoU may be below the lower threshold),
+-1 for ignored anchors (IoU between the two thresholds) and K for background.
 """
 
 import torch
@@ -10,6 +14,52 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes
 from detectron2.structures.boxes import matched_pairwise_iou
 from torch import Tensor
+
+
+def matched_anchors(gt_labels: Tensor, num_classes: int) -> Tensor:
+    """
+    matched(a): anchor a has a matched ground truth G(a), i.e. the student's anchor matcher did not
+    label it background: foreground (low-quality matches included) or ignored. The one rule for
+    "anchors with a ground truth" of docs/method.md: where HD harmonizes its target (on the valid
+    ones, :func:`foreground_anchors`) and where M_reg uses u(a) (``losses.task_masks``).
+
+    Args:
+        gt_labels: N x R labels (-1 ignore, K background).
+    Returns:
+        N x R bool, ``gt_labels != K``.
+    """
+    return gt_labels != num_classes
+
+
+def foreground_anchors(gt_labels: Tensor, num_classes: int) -> Tensor:
+    """fg(a): matched and not ignored, 0 <= label < K (N x R bool). Ignored anchors (label -1)
+    never count in a loss; their class is unknown."""
+    return matched_anchors(gt_labels, num_classes) & (gt_labels >= 0)
+
+
+def same_box_transform(a: Box2BoxTransform, b: Box2BoxTransform) -> bool:
+    """Whether two transforms encode boxes identically (weights and scale clamp)."""
+    return tuple(a.weights) == tuple(b.weights) and a.scale_clamp == b.scale_clamp
+
+
+def reencode_deltas(deltas: Tensor, source: Box2BoxTransform, target: Box2BoxTransform) -> Tensor:
+    """
+    The boxes that ``source`` decodes from ``deltas``, encoded by ``target``, for any anchors::
+
+        target.get_deltas(a, source.apply_deltas(d, a))
+            = (wx_t dx / wx_s, wy_t dy / wy_s, ww_t min(dw / ww_s, c_s), wh_t min(dh / wh_s, c_s))
+
+    with (wx, wy, ww, wh) the weights and c the scale clamp: exact, elementwise, no boxes needed.
+    ``deltas`` itself when the two transforms are the same.
+
+    Args:
+        deltas: ... x 4.
+    """
+    if same_box_transform(source, target):
+        return deltas
+    scaled = deltas / deltas.new_tensor(source.weights)
+    scaled = torch.cat([scaled[..., :2], scaled[..., 2:].clamp(max=source.scale_clamp)], dim=-1)
+    return scaled * deltas.new_tensor(target.weights)
 
 
 @torch.no_grad()
@@ -21,7 +71,7 @@ def classification_quality(logits: Tensor, gt_labels: Tensor) -> Tensor:
         logits: N x R x K class logits.
         gt_labels: N x R labels from ``RetinaNet.label_anchors`` (-1 ignore, K background).
     Returns:
-        N x R scores in [0, 1]; meaningful only where 0 <= gt_labels < K (foreground).
+        N x R scores in [0, 1]; meaningful only on foreground anchors (:func:`foreground_anchors`).
     """
     num_classes = logits.shape[-1]
     classes = gt_labels.clamp(min=0, max=num_classes - 1)
@@ -63,7 +113,8 @@ def localization_quality(
 @torch.no_grad()
 def anchor_iou(anchors: Tensor, gt_boxes: Tensor) -> Tensor:
     """
-    IoU(a, G(a)) of each anchor with its matched ground truth.
+    IoU(a, G(a)) of each anchor with its matched ground truth (for analyses and tests: training
+    decides which anchors have a ground truth by the matcher's labels, :func:`matched_anchors`).
 
     Args:
         anchors: R x 4; gt_boxes: N x R x 4.
@@ -89,6 +140,12 @@ def harmony_score(cls_quality: Tensor, loc_quality: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def harmonious(cls_quality: Tensor, loc_quality: Tensor, delta: float) -> Tensor:
+    """harmonious(a) iff |s(a) - u(a)| <= delta, elementwise (bool)."""
+    return (cls_quality - loc_quality).abs() <= delta
+
+
+@torch.no_grad()
 def harmonious_fraction(cls_quality: Tensor, loc_quality: Tensor, mask: Tensor, delta: float):
     """
     Proportion of predictions in ``mask`` with |s - u| <= delta.
@@ -96,5 +153,4 @@ def harmonious_fraction(cls_quality: Tensor, loc_quality: Tensor, mask: Tensor, 
     Returns:
         a 0-dim tensor (0 when ``mask`` is empty).
     """
-    harmonious = ((cls_quality - loc_quality).abs() <= delta) & mask
-    return harmonious.sum() / mask.sum().clamp(min=1)
+    return (harmonious(cls_quality, loc_quality, delta) & mask).sum() / mask.sum().clamp(min=1)

@@ -14,9 +14,11 @@ import torch.distributed as dist
 from detectron2.layers import ciou_loss, diou_loss
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.utils import comm
-from fvcore.nn import giou_loss, smooth_l1_loss
+from fvcore.nn import giou_loss
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from .harmony import foreground_anchors, reencode_deltas
 
 _BOX_LOSSES = {"giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}
 
@@ -53,8 +55,13 @@ class _QualityFocalLossSum(torch.autograd.Function):
     sum over valid anchors a and classes k of QFL(z, t; beta), with the gradient computed in the
     forward pass. With p = sigmoid(z), g = p - t, BCE = softplus(z) - z t::
 
-        L      = sum BCE |g|^beta
+        L      = sum_{a valid, k} BCE |g|^beta
         dL/dz  = g |g|^beta + beta BCE |g|^(beta - 1) sign(g) p (1 - p)     (dBCE/dz = g)
+
+    Ignored anchors are masked explicitly: they add 0 to L and get dL/dz = 0, for every beta
+    (|0|^0 = 1 would count them with beta = 0). Where g = 0 on a valid anchor, the second term of
+    dL/dz is taken as 0 (sign(0) = 0): for beta < 1, |g|^(beta - 1) is infinite there and the
+    derivative of |g|^beta does not exist (autograd of :func:`quality_focal_loss` gives NaN).
 
     Dense over N x R x K, this is the largest tensor computation of a TBD step. Autograd of
     :func:`quality_focal_loss` would keep four N x R x K intermediates (p, g, g^2, BCE) for a
@@ -86,17 +93,24 @@ def _quality_focal_loss_sum_and_grad(
     p = logits.sigmoid()
     bce = torch.addcmul(F.softplus(logits), logits, targets, value=-1.0)
     gap = p - targets
-    # invalid (ignored) anchors: g = 0 makes both the loss and its gradient 0
-    gap.masked_fill_(~valid.unsqueeze(-1), 0.0)
-    focal = gap.square() if beta == 2 else gap.abs().pow(beta)
+    valid = valid.unsqueeze(-1)
+    # ignored anchors: g = 0 zeroes the first term of dL/dz, and the focal factor below (0 there)
+    # zeroes L and the second term
+    gap.masked_fill_(~valid, 0.0)
+    if beta == 2:
+        focal = gap.square()  # already 0 where g = 0
+    else:
+        focal = gap.abs().pow(beta).mul_(valid)  # |0|^0 = 1: the mask itself for beta = 0
     grad = None
     if with_grad:
         p.addcmul_(p, p, value=-1.0)  # p (1 - p)
         if beta == 2:
             grad = torch.addcmul(focal, bce, p, value=2.0).mul_(gap)
         else:
-            # d|g|^beta / dg = beta |g|^(beta - 1) sign(g), finite at g = 0 for beta >= 1
-            slope = gap.abs().pow(beta - 1).mul_(gap.sign()).mul_(bce).mul_(p)
+            # d|g|^beta / dg = beta |g|^(beta - 1) sign(g), taken as 0 where g = 0 (infinite
+            # |g|^(beta - 1) for beta < 1; sign(0) = 0 otherwise)
+            slope = gap.abs().pow(beta - 1).masked_fill_(gap == 0, 0.0)
+            slope = slope.mul_(gap.sign()).mul_(bce).mul_(p)
             grad = torch.add(focal * gap, slope, alpha=beta)
     # Tensor.sum adds pairwise; a float32 running sum (torch.dot on the CPU) loses precision over
     # the ~10^7 elements of N x R x K at COCO scale (tests/test_losses.py checks 1e-5)
@@ -140,12 +154,17 @@ class HarmonyDistillationLoss(nn.Module):
         t(a, k) = p_T(a, k), except t(a, c(a)) = sqrt(s(a) u(a)) on foreground anchors
         L = sum_{a valid, k} QFL(z_S(a, k), t(a, k); beta) / max(1, #fg)
 
+    (foreground: ``harmony.foreground_anchors``, the matched anchors that are not ignored).
     Regression (``loss_hd_reg``), on foreground anchors::
 
-        L = sum_a w(a) l(B_S(a), B_T(a)) / sum_a w(a),  w(a) = HS(a) (or 1 for "uniform")
+        L = sum_a w(a) l(S(a), T(a)) / sum_a w(a),  w(a) = HS(a) (or 1 for "uniform")
 
-    with l the student's box regression loss type: smooth-L1 between deltas, or GIoU / DIoU / CIoU
-    between decoded boxes.
+    with l the student's box regression loss type: smooth-L1 between the student's deltas and the
+    teacher's boxes encoded by the student's transform, or GIoU / DIoU / CIoU between the boxes
+    each model decodes with its own transform.
+
+    The targets and the smooth-L1 regression are dense over the N x R anchors (masks and
+    ``scatter``, no ``nonzero``): no host sync.
     """
 
     def __init__(
@@ -168,6 +187,8 @@ class HarmonyDistillationLoss(nn.Module):
             )
         if box_reg_loss_type != "smooth_l1" and box_reg_loss_type not in _BOX_LOSSES:
             raise ValueError(f"unsupported box regression loss type {box_reg_loss_type!r}")
+        if not beta >= 0:
+            raise ValueError(f"MODEL.TBD.HD.BETA must be >= 0, got {beta}")
         self.beta = beta
         self.target = target
         self.reg_weighting = reg_weighting
@@ -189,12 +210,14 @@ class HarmonyDistillationLoss(nn.Module):
         targets = teacher_logits.sigmoid()
         if self.target == "teacher":
             return targets
-        # labels -1 (ignore) and K (background) match no class: only foreground anchors change
-        image, anchor = ((gt_labels >= 0) & (gt_labels < targets.shape[-1])).nonzero(as_tuple=True)
-        targets[image, anchor, gt_labels[image, anchor]] = harmonized_score[image, anchor].to(
-            targets.dtype
+        # labels -1 (ignore) and K (background) have no class: only foreground anchors change
+        num_classes = targets.shape[-1]
+        foreground = foreground_anchors(gt_labels, num_classes).unsqueeze(-1)
+        classes = gt_labels.clamp(0, num_classes - 1).unsqueeze(-1)  # N x R x 1
+        harmonized = harmonized_score.unsqueeze(-1).to(targets.dtype)
+        return targets.scatter_(
+            -1, classes, torch.where(foreground, harmonized, targets.gather(-1, classes))
         )
-        return targets
 
     def classification_loss(
         self,
@@ -211,7 +234,7 @@ class HarmonyDistillationLoss(nn.Module):
         """
         if num_foreground is None:
             num_foreground = mean_over_processes(
-                ((gt_labels >= 0) & (gt_labels < student_logits.shape[-1])).sum()
+                foreground_anchors(gt_labels, student_logits.shape[-1]).sum()
             )
         # over all processes: sum over the whole batch / max(#foreground of the whole batch, 1)
         num_foreground = num_foreground.clamp(min=1 / comm.get_world_size())
@@ -232,38 +255,51 @@ class HarmonyDistillationLoss(nn.Module):
         foreground: Tensor,
         harmony: Tensor,
         weight_sum: Optional[Tensor] = None,
+        teacher_transform: Optional[Box2BoxTransform] = None,
     ) -> Tensor:
         """
         Args:
             student_deltas, teacher_deltas: N x R x 4; anchors: R x 4 (XYXY);
             foreground: N x R bool; harmony: N x R teacher Harmony Scores.
             weight_sum: the mean over processes of sum_a w(a); computed here when None.
+            teacher_transform: the teacher's ``Box2BoxTransform`` (that of its own
+                ``BBOX_REG_WEIGHTS``), which decodes ``teacher_deltas``; None: the student's.
         """
+        teacher_transform = teacher_transform or self.box2box_transform
         weights = self.regression_weights(foreground, harmony)
         if weight_sum is None:
             weight_sum = mean_over_processes(weights.sum())
-        # only foreground anchors count: compute the loss on those F anchors alone
-        image, anchor = foreground.nonzero(as_tuple=True)
-        student, teacher = student_deltas[image, anchor], teacher_deltas[image, anchor]  # F x 4
         if self.box_reg_loss_type == "smooth_l1":
-            per_anchor = smooth_l1_loss(
-                student, teacher, beta=self.smooth_l1_beta, reduction="none"
-            ).sum(-1)
+            # Dense over all N x R anchors, weighted by w(a) (0 off the foreground): no host sync.
+            # The teacher's boxes as the student's deltas (teacher_deltas when the transforms
+            # agree); torch's fused kernels, fvcore's smooth_l1_loss values (L1 for beta < 1e-5).
+            target = reencode_deltas(teacher_deltas, teacher_transform, self.box2box_transform)
+            if self.smooth_l1_beta < 1e-5:
+                per_coordinate = F.l1_loss(student_deltas, target, reduction="none")
+            else:
+                per_coordinate = F.smooth_l1_loss(
+                    student_deltas, target, reduction="none", beta=self.smooth_l1_beta
+                )
+            total = (per_coordinate * weights.unsqueeze(-1)).sum()
         else:
+            # GIoU / DIoU / CIoU on the F foreground anchors only: decoding and the IoU losses
+            # over all anchors would cost ~20x more, and these losses synchronize with the host
+            # anyway (they assert that boxes are valid).
+            image, anchor = foreground.nonzero(as_tuple=True)
             boxes = anchors[anchor]
             per_anchor = _BOX_LOSSES[self.box_reg_loss_type](
-                self.box2box_transform.apply_deltas(student, boxes),
-                self.box2box_transform.apply_deltas(teacher, boxes),
+                self.box2box_transform.apply_deltas(student_deltas[image, anchor], boxes),
+                teacher_transform.apply_deltas(teacher_deltas[image, anchor], boxes),
                 reduction="none",
             )
-        return (weights[image, anchor] * per_anchor).sum() / weight_sum.clamp(min=1e-6)
+            total = (weights[image, anchor] * per_anchor).sum()
+        return total / weight_sum.clamp(min=1e-6)
 
 
 def task_masks(
     teacher_logits: Tensor,
     loc_quality: Tensor,
-    anchor_ious: Tensor,
-    iou_threshold: float,
+    matched: Tensor,
     level_shapes: Sequence[Tuple[int, int]],
     eps: float = 1e-6,
 ) -> Tuple[List[Tensor], List[Tensor]]:
@@ -271,12 +307,13 @@ def task_masks(
     The two TFD region masks per FPN level, each normalized to average 1 per image and level::
 
         M_cls(h, w) = max_{a at (h, w), k} p_T(a, k)
-        M_reg(h, w) = max_{a at (h, w)} u(a) [IoU(a, G(a)) >= iou_threshold]
+        M_reg(h, w) = max_{a at (h, w)} u(a) [matched(a)]
         M <- M / (mean_{h, w} M + eps)
 
     Args:
-        teacher_logits: N x R x K; loc_quality: N x R teacher IoUs u(a); anchor_ious: N x R
-            IoU(a, G(a)); iou_threshold: the anchor matcher's lower threshold;
+        teacher_logits: N x R x K; loc_quality: N x R teacher IoUs u(a);
+        matched: N x R bool, the anchors with a matched ground truth
+            (``harmony.matched_anchors``: not background);
         level_shapes: (Hl, Wl) per level, in the order of the anchors.
     Returns:
         two lists (cls, reg) of N x Hl x Wl masks.
@@ -287,7 +324,7 @@ def task_masks(
     if num_anchors * sum(sizes) != r:
         raise ValueError(f"{r} anchors do not tile levels of sizes {list(level_shapes)}")
     sizes = [s * num_anchors for s in sizes]
-    reg_quality = torch.where(anchor_ious >= iou_threshold, loc_quality, loc_quality.new_zeros(()))
+    reg_quality = torch.where(matched, loc_quality, loc_quality.new_zeros(()))
     cls_masks, reg_masks = [], []
     for logits_l, reg_l, (h, w) in zip(
         teacher_logits.split(sizes, dim=1), reg_quality.split(sizes, dim=1), level_shapes

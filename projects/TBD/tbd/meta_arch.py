@@ -1,3 +1,4 @@
+import logging
 from typing import Dict, List, Optional
 
 import torch
@@ -10,11 +11,12 @@ from detectron2.utils.events import get_event_storage
 from torch import Tensor
 
 from .harmony import (
-    anchor_iou,
     classification_quality,
-    harmonious_fraction,
+    foreground_anchors,
+    harmonious,
     harmony_score,
     localization_quality,
+    matched_anchors,
 )
 from .losses import (
     HarmonyDistillationLoss,
@@ -23,9 +25,17 @@ from .losses import (
     mean_over_processes,
     task_masks,
 )
-from .teacher import FrozenTeacher, check_teacher_config, load_teacher_config
+from .teacher import (
+    FrozenTeacher,
+    check_same_anchors,
+    check_teacher_config,
+    load_teacher_config,
+    teacher_config_file,
+)
 
 __all__ = ["TBDRetinaNet"]
+
+logger = logging.getLogger(__name__)
 
 
 def _choice(key: str, value: str, options):
@@ -53,6 +63,14 @@ class TBDRetinaNet(RetinaNet):
     Training adds ``loss_hd_cls``, ``loss_hd_reg`` and ``loss_tfd`` to RetinaNet's ``loss_cls`` and
     ``loss_box_reg``. Inference, tracing and checkpoints are RetinaNet's own: the teacher is built
     lazily by the first training step (or :meth:`load_teacher`), and is never a submodule.
+
+    With HD and TFD disabled it is the plain RetinaNet student, except for the loss normalizer,
+    which is the whole batch's under several processes (:meth:`_ema_update`): the baseline configs
+    use it so that baseline and TBD are normalized alike.
+
+    When the teacher's config file cannot be read (a student shipped without its teacher), the
+    model is built for inference only, with a warning and without the TFD adapter; training it
+    raises (docs/deploy.md).
     """
 
     @configurable
@@ -60,6 +78,7 @@ class TBDRetinaNet(RetinaNet):
         self,
         *,
         teacher_cfg=None,
+        teacher_unavailable: Optional[Exception] = None,
         hd_loss: Optional[HarmonyDistillationLoss] = None,
         tfd_loss: Optional[TaskDecoupledFeatureLoss] = None,
         loss_weights: Optional[Dict[str, float]] = None,
@@ -74,7 +93,8 @@ class TBDRetinaNet(RetinaNet):
         """
         Args:
             teacher_cfg: the teacher's frozen config (see :func:`load_teacher_config`); None when
-                both HD and TFD are disabled (a plain RetinaNet student).
+                both HD and TFD are disabled (a plain RetinaNet student), or when it cannot be read.
+            teacher_unavailable: why the teacher's config could not be read (inference only).
             hd_loss, tfd_loss: the HD and TFD loss modules, None when disabled.
             loss_weights: weights of "loss_hd_cls", "loss_hd_reg" and "loss_tfd".
             tfd_mask: "task" or "uniform" TFD regions; tfd_balance, tfd_cls_ratio: the TFD balance.
@@ -86,6 +106,7 @@ class TBDRetinaNet(RetinaNet):
         """
         super().__init__(**kwargs)
         self.teacher_cfg = teacher_cfg
+        self.teacher_unavailable = teacher_unavailable
         self.hd_loss = hd_loss
         self.tfd_loss = tfd_loss
         self.loss_weights = dict(loss_weights or {})
@@ -103,8 +124,18 @@ class TBDRetinaNet(RetinaNet):
         tbd = cfg.MODEL.TBD
         if not (tbd.HD.ENABLED or tbd.TFD.ENABLED):
             return ret
-        teacher_cfg = load_teacher_config(cfg)
-        check_teacher_config(cfg, teacher_cfg)
+        teacher_cfg = None
+        try:
+            teacher_config_file(cfg)
+        except (ValueError, FileNotFoundError) as e:
+            ret["teacher_unavailable"] = e
+            logger.warning(
+                f"{e}. Built the student for inference only, without its TFD adapter (checkpoint "
+                "keys tfd_loss.* will be unused); it cannot train without the teacher's config."
+            )
+        else:
+            teacher_cfg = load_teacher_config(cfg)
+            check_teacher_config(cfg, teacher_cfg)
         ret.update(
             teacher_cfg=teacher_cfg,
             loss_weights={
@@ -129,7 +160,7 @@ class TBDRetinaNet(RetinaNet):
                 smooth_l1_beta=ret["smooth_l1_beta"],
                 compiled=tbd.HD.COMPILE,
             )
-        if tbd.TFD.ENABLED:
+        if tbd.TFD.ENABLED and teacher_cfg is not None:
             first_level = cfg.MODEL.RETINANET.IN_FEATURES[0]
             student_channels = ret["backbone"].output_shape()[first_level].channels
             ret["tfd_loss"] = TaskDecoupledFeatureLoss(
@@ -139,11 +170,18 @@ class TBDRetinaNet(RetinaNet):
 
     @property
     def distills(self) -> bool:
-        return self.teacher_cfg is not None
+        """Whether training distills (HD or TFD enabled), whether or not the teacher is readable."""
+        return self.teacher_cfg is not None or self.teacher_unavailable is not None
 
     def load_teacher(self) -> FrozenTeacher:
         """Build and load the teacher now (it is otherwise built by the first training step)."""
         if self._teacher is None:
+            if self.teacher_cfg is None:
+                e = self.teacher_unavailable
+                raise type(e)(
+                    f"{e}; this TBDRetinaNet was built without its teacher, for inference only, "
+                    "and cannot train"
+                ) from e
             self._teacher = FrozenTeacher.build(self.teacher_cfg, self)
         return self._teacher
 
@@ -174,9 +212,7 @@ class TBDRetinaNet(RetinaNet):
         # concatenated once, shared by RetinaNet's losses (cat of one tensor is that tensor) and TBD
         logits, deltas = cat(pred_logits, dim=1), cat(pred_anchor_deltas, dim=1)
         losses = self.losses(anchors, [logits], gt_labels, [deltas], gt_boxes)
-        teacher = self.load_teacher()(
-            images.tensor, self.pixel_mean, self.pixel_std, self.input_format
-        )
+        teacher = self.load_teacher()(images)
         with torch.autocast(self.device.type, enabled=False):
             losses.update(
                 self.distillation_losses(
@@ -209,26 +245,52 @@ class TBDRetinaNet(RetinaNet):
             features: the student's FPN features, per level N x C x Hl x Wl.
             logits: N x R x K and deltas: N x R x 4, the student's head outputs.
             anchors: R x 4. gt_labels: N x R and gt_boxes: N x R x 4 from ``label_anchors``.
-            teacher: :class:`TeacherPredictions` for the same batch.
+            teacher: :class:`TeacherPredictions` for the same batch, on the same anchors
+                (checked: :func:`check_same_anchors`).
             task_losses: the student's RetinaNet losses of this step (for the TFD balance).
         Returns:
             the weighted distillation losses, float32.
         """
+        check_same_anchors(
+            [tuple(f.shape[-2:]) for f in features],
+            [tuple(f.shape[-2:]) for f in teacher.features],
+            logits.shape[1],
+            teacher.logits.shape[1],
+        )
         t_logits, t_deltas = teacher.logits.float(), teacher.deltas.float()
-        foreground = (gt_labels >= 0) & (gt_labels < self.num_classes)
+        matched = matched_anchors(gt_labels, self.num_classes)
+        foreground = foreground_anchors(gt_labels, self.num_classes)
         t_cls_quality = classification_quality(t_logits, gt_labels)
-        t_loc_quality = localization_quality(t_deltas, anchors, gt_boxes, self.box2box_transform)
+        t_loc_quality = localization_quality(t_deltas, anchors, gt_boxes, teacher.box2box_transform)
         scale = self._warmup_factor()
         weights = {k: scale * v for k, v in self.loss_weights.items()}
         storage = get_event_storage()
-        # every normalizer over the whole batch (all processes), in one all-reduce
+        diagnose = self._diagnostics_step(storage.iter)
+        # every normalizer and count over the whole batch (all processes), in one all-reduce
         harmony = harmony_score(t_cls_quality, t_loc_quality)
-        local = [foreground.sum().float(), task_losses["loss_cls"], task_losses["loss_box_reg"]]
+        local = {
+            "num_foreground": foreground.sum(),
+            "loss_cls": task_losses["loss_cls"],
+            "loss_box_reg": task_losses["loss_box_reg"],
+        }
         if self.hd_loss is not None:
-            local.append(self.hd_loss.regression_weights(foreground, harmony).sum())
-        num_foreground, loss_cls, loss_box_reg, *hd_weight_sum = mean_over_processes(
-            torch.stack([x.float() for x in local])
-        ).unbind()
+            local["hd_weight_sum"] = self.hd_loss.regression_weights(foreground, harmony).sum()
+        if diagnose:
+            s_cls_quality = classification_quality(logits.detach(), gt_labels)
+            s_loc_quality = localization_quality(
+                deltas.detach(), anchors, gt_boxes, self.box2box_transform
+            )
+            for name, s, u in (
+                ("teacher", t_cls_quality, t_loc_quality),
+                ("student", s_cls_quality, s_loc_quality),
+            ):
+                local[f"harmonious_{name}"] = (
+                    harmonious(s, u, self.harmony_delta) & foreground
+                ).sum()
+        reduced = dict(
+            zip(local, mean_over_processes(torch.stack([x.float() for x in local.values()])))
+        )
+        num_foreground = reduced["num_foreground"]
 
         losses, diagnostics = {}, {}
         if self.hd_loss is not None:
@@ -239,40 +301,34 @@ class TBDRetinaNet(RetinaNet):
                 logits, targets, gt_labels, num_foreground
             )
             losses["loss_hd_reg"] = weights["loss_hd_reg"] * self.hd_loss.regression_loss(
-                deltas, t_deltas, anchors, foreground, harmony, hd_weight_sum[0]
+                deltas,
+                t_deltas,
+                anchors,
+                foreground,
+                harmony,
+                reduced["hd_weight_sum"],
+                teacher.box2box_transform,
             )
         if self.tfd_loss is not None:
             level_shapes = [tuple(f.shape[-2:]) for f in features]
             if self.tfd_mask == "task":
-                cls_masks, reg_masks = task_masks(
-                    t_logits,
-                    t_loc_quality,
-                    anchor_iou(anchors, gt_boxes),
-                    self.anchor_matcher.thresholds[1],
-                    level_shapes,
-                )
+                cls_masks, reg_masks = task_masks(t_logits, t_loc_quality, matched, level_shapes)
             else:
                 cls_masks = [logits.new_ones((logits.shape[0], h, w)) for h, w in level_shapes]
                 reg_masks = cls_masks
             w_cls, w_reg = balance_weights(
-                loss_cls, loss_box_reg, self.tfd_balance, self.tfd_cls_ratio
+                reduced["loss_cls"], reduced["loss_box_reg"], self.tfd_balance, self.tfd_cls_ratio
             )
             losses["loss_tfd"] = weights["loss_tfd"] * self.tfd_loss(
                 features, teacher.features, cls_masks, reg_masks, w_cls, w_reg
             )
             diagnostics.update({"tbd/w_cls": w_cls, "tbd/w_reg": w_reg})
         periodic = {}
-        if self._diagnostics_step(storage.iter):
-            s_cls_quality = classification_quality(logits.detach(), gt_labels)
-            s_loc_quality = localization_quality(
-                deltas.detach(), anchors, gt_boxes, self.box2box_transform
-            )
-            periodic["tbd/harmony_teacher"] = harmonious_fraction(
-                t_cls_quality, t_loc_quality, foreground, self.harmony_delta
-            )
-            periodic["tbd/harmony_student"] = harmonious_fraction(
-                s_cls_quality, s_loc_quality, foreground, self.harmony_delta
-            )
+        if diagnose:
+            # harmonious proportions among the foreground anchors of the whole batch
+            denominator = num_foreground.clamp(min=1 / comm.get_world_size())
+            for name in ("teacher", "student"):
+                periodic[f"tbd/harmony_{name}"] = reduced[f"harmonious_{name}"] / denominator
         # one host sync for all logged tensors
         logged = {**diagnostics, **periodic}
         values = torch.stack(list(logged.values())).float().tolist() if logged else []

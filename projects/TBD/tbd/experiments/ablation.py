@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from tbd.config import distills
+
 from . import ablation_report, carry_over, harmony_runs, runs, targets
 from .environment import environment
 from .figures import decode_histogram, plot_score_vs_iou
@@ -97,13 +99,6 @@ def make_settings(
 
 
 # ---------------------------------------------------------------------------- planning
-
-
-def distills(cfg) -> bool:
-    """Whether a config trains with a teacher: a TBDRetinaNet with HD or TFD enabled (a
-    TBDRetinaNet with both disabled is a baseline)."""
-    tbd = cfg.MODEL.TBD
-    return cfg.MODEL.META_ARCHITECTURE == "TBDRetinaNet" and (tbd.HD.ENABLED or tbd.TFD.ENABLED)
 
 
 def _get(cfg, key: str):

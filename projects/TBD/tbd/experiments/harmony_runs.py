@@ -13,7 +13,6 @@ A run's harmony record::
 
 import contextlib
 import json
-import logging
 import os
 import time
 from typing import Dict, Iterable, Optional
@@ -21,8 +20,6 @@ from typing import Dict, Iterable, Optional
 from .figures import encode_histogram, score_iou_histogram
 from .runs import REPO, in_repo, load_cfg
 from .tables import mean
-
-logger = logging.getLogger(__name__)
 
 TOPK = 100  # detections per image that count, as tools/analyze_harmony.py's default
 # The statistics summarized over seeds, per subset, in the benchmark's rows.
@@ -69,20 +66,6 @@ def register_test_split(cfg, dataset: Optional[str] = None) -> str:
         seed=syn.SEED,
     )
     return names[SYNTHETIC_NAMES.index(dataset)]
-
-
-def load_eval_model(cfg):
-    """The model of ``cfg`` in eval mode with ``MODEL.WEIGHTS`` loaded (a TBDRetinaNet builds no
-    teacher for this)."""
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.modeling import build_model
-
-    model = build_model(cfg).eval()
-    if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    else:
-        logger.warning("MODEL.WEIGHTS is empty: analyzing a randomly initialized model")
-    return model
 
 
 def measure(model, cfg, dataset: str, *, topk: int = TOPK, evaluator=None, **kwargs):
@@ -138,6 +121,7 @@ def run_harmony(stage_dir: str, config: str, opts, name: str = "", prefix: str =
     cached there.
     """
     from tbd.analysis import CONFIDENT_SCORE, MATCH_IOU
+    from tbd.checkpoint import load_eval_model
 
     weights = os.path.join(stage_dir, "model_final.pth")
     cache = os.path.join(stage_dir, "harmony.json")

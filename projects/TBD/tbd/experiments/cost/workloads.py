@@ -219,9 +219,8 @@ class Workloads:
             return tbd_step
         if name == "teacher_forward":
             student, teacher = self.model("tbd_train"), self.teacher()
-            images = student.preprocess_image(batch).tensor
-            mean, std, fmt = student.pixel_mean, student.pixel_std, student.input_format
-            return lambda: teacher(images, mean, std, fmt)
+            images = student.preprocess_image(batch)
+            return lambda: teacher(images)
         if name in ("tbd_inference", "retinanet_inference"):
             model = self.model("tbd_eval" if name == "tbd_inference" else "plain_eval")
 

@@ -31,8 +31,8 @@ TOY_STUDENT_CONFIG = "configs/quick_schedules/tbd_instant_test.yaml"
 
 # ------------------------------------------------------------------ the converged regime's numbers
 # Edit these (and configs/Converged/*.yaml) to set the converged regime.
-CONVERGED_STUDENT_ITERS = 2000  # placeholder: student schedule (iterations)
-CONVERGED_TEACHER_ITERS = 4000  # placeholder: teacher schedule
+CONVERGED_STUDENT_ITERS = 6000  # student schedule (iterations)
+CONVERGED_TEACHER_ITERS = 20000  # teacher schedule
 CONVERGED_EVALUATIONS = 6  # evaluations of the baseline and TBD rows (their AP curves)
 CONVERGED_TEACHER_MARGIN = 6.0  # teacher AP >= baseline AP + 6.0
 CONVERGED_TEACHER_HARMONY = 0.10  # teacher's harmonious proportion of foreground anchors

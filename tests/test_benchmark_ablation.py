@@ -408,3 +408,29 @@ def test_toy_converged_regime_end_to_end_and_carried_over(tmp_path, capsys):
     assert os.path.isfile(report["figure"])
     md = open(results + ".md").read()
     assert "Carried over, not retrained" in md and "The whole benchmark took longer" in md
+
+
+def test_converged_teacher_and_student_train_together(tmp_path, monkeypatch):
+    """The converged regime's models as configured (64 px, P3-P5, narrow ResNet-18s): the TBD
+    student accepts the teacher (anchors, classes) and one training step gives every loss term
+    finite, with the 1x1 adapter from the student's FPN width to the teacher's."""
+    from conftest import make_batch
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.utils.events import EventStorage
+
+    monkeypatch.chdir(REPO)
+    teacher_cfg = load_cfg(os.path.join(REPO, ablation.teacher_config(CONVERGED)))
+    DetectionCheckpointer(build_model(teacher_cfg), save_dir=str(tmp_path)).save("teacher")
+    cfg = load_cfg(
+        os.path.join(REPO, CONVERGED.configs["tbd"]),
+        ["MODEL.TBD.TEACHER.WEIGHTS", str(tmp_path / "teacher.pth")],
+    )
+    student = build_model(cfg).train()
+    assert student.tfd_loss.adapter.weight.shape[:2] == (
+        teacher_cfg.MODEL.FPN.OUT_CHANNELS,
+        cfg.MODEL.FPN.OUT_CHANNELS,
+    )
+    with EventStorage(0):
+        losses = student(make_batch(num_images=2, size=64))
+    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_hd_cls", "loss_hd_reg", "loss_tfd"}
+    assert all(bool(v.isfinite()) for v in losses.values())

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """
-The embedded default demo: on the synthetic dataset, train a teacher (reused when already trained),
-a baseline student and a TBD student, evaluate all three with COCOEvaluator, and write
-``<output>/report.md`` with AP, the harmony of each model's predictions on the val split, train
-time per iteration, and a picture comparing baseline and TBD detections.
+The embedded default demo: on the synthetic dataset (64 px images), train a teacher (reused when
+already trained), then a baseline student and a TBD student at once (one core each), with the
+models of the converged regime (configs/Converged/) on short schedules; evaluate all three with
+COCOEvaluator, and write ``<output>/report.md`` with AP, the harmony of each model's predictions on
+the val split (tbd.analysis, as tools/analyze_harmony.py), train time per iteration, and a picture
+of the three models' detections.
 
     python tools/run_demo.py                 # the default demo (the README's first command)
     python tools/run_demo.py --toy           # seconds: a tiny dataset, models and schedule
@@ -12,33 +14,41 @@ time per iteration, and a picture comparing baseline and TBD detections.
 import argparse
 import json
 import os
-import platform
 import shlex
 import time
 from datetime import datetime, timezone
 
 import torch
 
-from tbd.experiments.ablation import toy_switches
+from tbd.experiments.ablation import teacher_config, toy_switches
+from tbd.experiments.environment import cpu_name
 from tbd.experiments.figures import detection_picture
-from tbd.experiments.regimes import SYNTHETIC, TOY_STUDENT_CONFIG, TOY_TEACHER_CONFIG
-from tbd.experiments.runs import load_cfg, read_metrics, run_stage, schedule, toy_data
+from tbd.experiments.harmony_runs import register_test_split, run_harmony
+from tbd.experiments.regimes import CONVERGED, TOY_STUDENT_CONFIG, TOY_TEACHER_CONFIG
+from tbd.experiments.runs import load_cfg, read_metrics, run_stage, schedule, toy_data, train_stages
+from tbd.experiments.tables import fmt
 
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+NAMES = {
+    "teacher": "teacher R18 width 32",
+    "baseline": "student R18 width 16",
+    "tbd": "student R18 width 16 + TBD",
+}
+PICTURE_SCORE = 0.3  # detections drawn: score >= this
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="output/demo")
-    p.add_argument("--teacher-iters", type=int, default=None, help="default 1000 (toy: 4)")
-    p.add_argument("--student-iters", type=int, default=None, help="default 500 (toy: 4)")
+    p.add_argument("--teacher-iters", type=int, default=None, help="default 3000 (toy: 4)")
+    p.add_argument("--student-iters", type=int, default=None, help="default 1500 (toy: 4)")
     p.add_argument("--toy", action="store_true", help="tiny data, models and schedule (tests)")
     p.add_argument("--retrain-teacher", action="store_true")
     args = p.parse_args(argv)
     if args.teacher_iters is None:
-        args.teacher_iters = 4 if args.toy else 1000
+        args.teacher_iters = 4 if args.toy else 3000
     if args.student_iters is None:
-        args.student_iters = 4 if args.toy else 500
+        args.student_iters = 4 if args.toy else 1500
     return args
 
 
@@ -55,9 +65,9 @@ def stages(args):
         data = toy_data(out)
     else:
         configs = {
-            "teacher": "configs/Synthetic/teacher_R18_wide.yaml",
-            "baseline": "configs/Synthetic/student_R18.yaml",
-            "tbd": "configs/Synthetic/tbd_R18.yaml",
+            "teacher": teacher_config(CONVERGED),
+            "baseline": CONVERGED.configs["baseline"],
+            "tbd": CONVERGED.configs["tbd"],
         }
         data = []
 
@@ -66,7 +76,7 @@ def stages(args):
         iters = args.teacher_iters if name == "teacher" else args.student_iters
         opts = data + schedule(iters) + ["OUTPUT_DIR", os.path.join(out, name)]
         if name == "baseline" and args.toy:  # the quick TBD config made the baseline (HD, TFD off)
-            opts += toy_switches(SYNTHETIC, "baseline")
+            opts += toy_switches(CONVERGED, "baseline")
         if name == "tbd":
             opts += ["MODEL.TBD.TEACHER.CONFIG_FILE", configs["teacher"]]
             opts += ["MODEL.TBD.TEACHER.WEIGHTS", teacher_weights]
@@ -87,27 +97,29 @@ def write_report(args, results, commands, harmony, elapsed):
     import detectron2
 
     path = os.path.join(args.output, "report.md")
-    names = {"teacher": "teacher R18-wide", "baseline": "student R18", "tbd": "student R18 + TBD"}
     lines = [
         "# TBD demo report",
         "",
         f"Made by `python tools/run_demo.py{' --toy' if args.toy else ''}` on "
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} in {elapsed / 60:.1f} min; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{cpu_name()}, {os.cpu_count()} cores, torch "
         f"{torch.__version__}, detectron2 {detectron2.__version__}.",
         "",
-        "COCO box AP on the synthetic val split (COCOEvaluator); harmonious = proportion of "
-        "foreground anchors on val with |score - IoU| <= 0.2; s/iter = median train step time.",
+        "COCO box AP on the synthetic val split (COCOEvaluator). Harmony of the foreground anchors "
+        "on val (tbd.analysis, as tools/analyze_harmony.py): harmonious = proportion with "
+        "|score - IoU| <= 0.2, Spearman = rank correlation of score and IoU, mean HS = mean "
+        "Harmony Score; s/iter = median train step time.",
         "",
-        "| model | " + " | ".join(METRICS) + " | harmonious | mean HS | s/iter |",
-        "|---|" + "---|" * (len(METRICS) + 3),
+        "| model | " + " | ".join(METRICS) + " | harmonious | Spearman | mean HS | s/iter |",
+        "|---|" + "---|" * (len(METRICS) + 4),
     ]
     for name in ("teacher", "baseline", "tbd"):
-        r, h = results[name], harmony[name]
+        r, h = results[name], harmony[name]["statistics"]["anchors"]
         aps = " | ".join(f"{r['bbox'].get(m, float('nan')):.1f}" for m in METRICS)
         lines.append(
-            f"| {names[name]} | {aps} | {h['harmonious_fraction']:.3f} | "
-            f"{h['mean_harmony_score']:.3f} | {r['s_per_iter']:.2f} |"
+            f"| {NAMES[name]} | {aps} | {fmt(h['harmonious_fraction'], '.3f')} | "
+            f"{fmt(h['spearman'], '.2f')} | {fmt(h['mean_harmony_score'], '.3f')} | "
+            f"{r['s_per_iter']:.2f} |"
         )
     ap = {k: results[k]["bbox"].get("AP", float("nan")) for k in results}
     gap = ap["teacher"] - ap["baseline"]
@@ -117,9 +129,10 @@ def write_report(args, results, commands, harmony, elapsed):
         f"TBD - baseline: {ap['tbd'] - ap['baseline']:+.1f} AP; "
         f"teacher-student gap closed: {closed:.0f}%.",
         "",
-        "![baseline vs TBD detections](detections.png)",
+        "![teacher, baseline and TBD detections](detections.png)",
         "",
-        "Rows: ground truth, baseline student, TBD student (detections with score >= 0.2).",
+        "Rows: ground truth, teacher, baseline student, TBD student, on the first val images "
+        f"(detections with score >= {PICTURE_SCORE}).",
         "",
         "## Commands",
         "",
@@ -135,31 +148,42 @@ def main(argv=None):
     start = time.time()
     os.makedirs(args.output, exist_ok=True)
     plan = stages(args)
+    (_, teacher_config_file, teacher_opts), students = plan[0], plan[1:]
     commands = []
-    for name, config_file, opts in plan:
-        final = os.path.join(args.output, name, "model_final.pth")
-        if name == "teacher" and os.path.isfile(final) and not args.retrain_teacher:
-            print(f"[demo] teacher: reusing {final} (--retrain-teacher to train it again)")
-            recorded = os.path.join(args.output, name, "command.json")
-            if os.path.isfile(recorded):
-                commands.append(shlex.join(["python"] + json.load(open(recorded))["command"]))
-            continue
-        commands.append(run_stage(name, config_file, opts, args.output))
-
-    from tbd.analysis import foreground_harmony, labelled_test_loader
-    from tbd.datasets import register_datasets
+    teacher_weights = os.path.join(args.output, "teacher", "model_final.pth")
+    recorded = os.path.join(args.output, "teacher", "command.json")
+    if os.path.isfile(teacher_weights) and not args.retrain_teacher:
+        print(f"[demo] teacher: reusing {teacher_weights} (--retrain-teacher to train it again)")
+        if os.path.isfile(recorded):
+            commands.append(shlex.join(["python"] + json.load(open(recorded))["command"]))
+    else:
+        commands.append(run_stage("teacher", teacher_config_file, teacher_opts, args.output))
+    # the two students at once, one core each
+    train_stages(
+        [{"name": n, "config": c, "opts": o} for n, c, o in students],
+        os.path.abspath(args.output),
+        jobs=2,
+        force=True,
+        prefix="demo",
+    )
+    for name, config_file, opts in students:
+        commands.append(shlex.join(["python", "train_net.py", "--config-file", config_file, *opts]))
 
     results, harmony, models = {}, {}, []
     for name, config_file, opts in plan:
-        stage_dir = os.path.join(args.output, name)
+        stage_dir = os.path.abspath(os.path.join(args.output, name))
         results[name] = read_metrics(stage_dir)
+        harmony[name] = run_harmony(stage_dir, config_file, opts, name, prefix="demo")
         cfg, model = load_model(config_file, opts, os.path.join(stage_dir, "model_final.pth"))
-        register_datasets(cfg)
-        loader = labelled_test_loader(cfg, cfg.DATASETS.TEST[0])
-        harmony[name] = foreground_harmony(model, loader, cfg.MODEL.TBD.HARMONY_DELTA)
-        if name != "teacher":
-            models.append(({"baseline": "baseline", "tbd": "TBD"}[name], model))
-    detection_picture(models, cfg.DATASETS.TEST[0], os.path.join(args.output, "detections.png"))
+        models.append(({"teacher": "teacher", "baseline": "baseline", "tbd": "TBD"}[name], model))
+    dataset = register_test_split(cfg)
+    detection_picture(
+        models,
+        dataset,
+        os.path.join(args.output, "detections.png"),
+        num_images=6,
+        score=PICTURE_SCORE,
+    )
     path = write_report(args, results, commands, harmony, time.time() - start)
     print(open(path).read())
     print(f"[demo] report: {path}")

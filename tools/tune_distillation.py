@@ -11,9 +11,9 @@ COCOEvaluator on the held-out split only. The grid is fixed in this file (:data:
 the row of the regime a candidate trains and its opts; every candidate is reported, and the
 chosen weights are copied into the regime's tbd config by hand, citing the results file.
 
-    python tools/tune_distillation.py --teacher-weights output/demo/teacher/model_final.pth
-    python tools/tune_distillation.py --only baseline tfd1.0          # a subset
-    python tools/tune_distillation.py --regime converged               # its benchmark's teacher
+    python tools/tune_distillation.py                         # the synthetic benchmark's teacher
+    python tools/tune_distillation.py --only baseline tfd1.0  # a subset
+    python tools/tune_distillation.py --regime converged      # its benchmark's teacher
 
 Writes ``<results>.md`` and ``<results>.json`` (default docs/results/tuning, converged:
 docs/results/tuning_converged), generated: rerun the command rather than editing them. Finished
@@ -101,7 +101,7 @@ def main(argv=None):
     args = parse_args(argv)
     regime = REGIMES[args.regime]
     if not os.path.isfile(in_repo(args.teacher_weights)):
-        hint = "make demo" if args.regime == "synthetic" else "tools/benchmark_ablation.py"
+        hint = f"tools/benchmark_ablation.py --regime {args.regime}"
         raise SystemExit(f"[tune] no teacher at {args.teacher_weights}: run `{hint}` first")
     tuning.make_heldout(regime)
     results = tuning.train(plan(args), args.output, CANDIDATES)

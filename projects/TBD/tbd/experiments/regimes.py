@@ -150,7 +150,7 @@ SYNTHETIC = Regime(
     ),
     tuning=Tuning(
         iters=500,
-        teacher_weights="output/demo/teacher/model_final.pth",
+        teacher_weights="output/ablation/teacher/model_final.pth",
         output="output/tuning",
         results="docs/results/tuning",
         heldout_root="datasets/tbd_synthetic_heldout_seed1",

@@ -55,7 +55,8 @@ def test_synthetic_defaults_plan_the_recorded_commands():
     argv = recorded["command"].split()[2:]
     assert tune.parse_args(argv).teacher_weights == REGIMES["synthetic"].tuning.teacher_weights
     assert REGIMES["synthetic"].tuning.teacher_weights.startswith(REGIMES["synthetic"].output)
-    args = tune.parse_args(argv + ["--teacher-weights", recorded["teacher_weights"]])
+    argv += ["--teacher-weights", recorded["teacher_weights"], "--only", *recorded["candidates"]]
+    args = tune.parse_args(argv)
     assert args.iters == recorded["iters"] == 500
     for name, config, opts in tune.plan(args):
         stage = {"name": name, "config": config, "opts": opts}
@@ -79,3 +80,19 @@ def test_heldout_split_is_generated_with_another_seed_than_the_benchmark(regime,
     assert kw["image_size"] == data.IMAGE_SIZE  # the regime's data, other images
     assert root == runs.in_repo(r.tuning.heldout_root)
     assert os.path.abspath(root) != os.path.abspath(runs.in_repo(data.ROOT))
+
+
+def test_results_without_the_baseline_show_no_gain(tmp_path, monkeypatch):
+    # `--only` may leave the baseline out: the gain column is then "-", never "+nan"
+    monkeypatch.setattr(tuning, "in_repo", lambda p: str(tmp_path / p))
+    record = {"AP": 12.5, "AP50": 28.0, "AP75": 9.0, "s_per_iter": 0.06, "extra_opts": []}
+    text = tuning.write_results(
+        REGIMES["converged"], "cmd", "teacher.pth", 10, {"logit_kd": record}, "results/t"
+    )
+    assert "nan" not in text
+    assert "| logit_kd | `(config as is)` | 12.50 | 28.00 | 9.00 | - | 0.060 |" in text
+    with_baseline = {"baseline": {**record, "AP": 10.0}, "logit_kd": record}
+    text = tuning.write_results(
+        REGIMES["converged"], "cmd", "teacher.pth", 10, with_baseline, "results/t"
+    )
+    assert "| 12.50 | 28.00 | 9.00 | +2.50 |" in text

@@ -34,7 +34,8 @@ from tbd.experiments.runs import in_repo
 # took the result (the rounds below tuned the synthetic regime). Round 1: HD weights x TFD weight
 # around the untuned defaults (HD 1 / 1, TFD 0.05), plus the baseline the gains are measured
 # against. Round 2 (after round 1 showed TFD as the lever): larger TFD weights. Round 3: the
-# trend continued up to 1.0, so 2.0.
+# trend continued up to 1.0, so 2.0. Round 4 (converged regime, after its benchmark found HD only no
+# better than logit KD): which half of HD matters, each switch of logit KD -> HD alone.
 CANDIDATES = {
     "baseline": ("baseline", []),
     # the weight tbd_R18.yaml had before tuning, explicit: the config's own value is the result
@@ -65,6 +66,10 @@ CANDIDATES = {
     "tfd0.5": ("tbd", ["MODEL.TBD.TFD.WEIGHT", "0.5"]),
     "tfd1.0": ("tbd", ["MODEL.TBD.TFD.WEIGHT", "1.0"]),
     "tfd2.0": ("tbd", ["MODEL.TBD.TFD.WEIGHT", "2.0"]),
+    "logit_kd": ("logit_kd", []),
+    "hd_only": ("hd_only", []),
+    "hd_only_teacher_target": ("hd_only", ["MODEL.TBD.HD.TARGET", "teacher"]),
+    "hd_only_uniform_reg": ("hd_only", ["MODEL.TBD.HD.REG_WEIGHTING", "uniform"]),
 }
 
 

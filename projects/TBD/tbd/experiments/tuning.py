@@ -135,10 +135,10 @@ def write_results(regime: Regime, command: str, teacher_weights, iters, results,
     ]
     for name, r in results.items():
         opts = " ".join(r["extra_opts"]) or "(config as is)"
+        gain = "-" if baseline is None else f"{r['AP'] - baseline:+.2f}"
         lines.append(
             f"| {name} | `{opts}` | {r['AP']:.2f} | {r['AP50']:.2f} | {r['AP75']:.2f} | "
-            f"{'-' if baseline is None else format(r['AP'] - baseline, '+.2f')} | "
-            f"{r['s_per_iter']:.3f} |"
+            f"{gain} | {r['s_per_iter']:.3f} |"
         )
     text = "\n".join(lines) + "\n"
     with open(base + ".md", "w") as f:

@@ -4,9 +4,21 @@ Task-Balanced Distillation (TBD) training script, built on detectron2's DefaultT
 
 Trains teachers, baseline students (``TBDRetinaNet`` with HD and TFD disabled, or a plain
 ``RetinaNet``) and TBD students alike; ``--eval-only`` evaluates with COCOEvaluator and never loads
-a teacher. Training a distilling config checks its teacher's files before any dataset is prepared.
+a teacher. Training a distilling config checks its teacher's files before any dataset is prepared,
+and refuses a missing one before torch is imported (tbd_preflight).
 Every checkpoint is read with ``tbd.checkpoint.SafeCheckpointer`` (no code from the file runs).
 """
+
+import sys
+
+import tbd_preflight
+
+if __name__ == "__main__":
+    # Before torch is imported: a wrong teacher path is refused in a fraction of a second.
+    try:
+        tbd_preflight.check_teacher_paths(sys.argv[1:])
+    except FileNotFoundError as e:
+        sys.exit(f"train_net.py: {e}")
 
 import contextlib
 import os

@@ -27,3 +27,16 @@ def test_demo_pipeline_at_toy_size(tmp_path):
     # a second run reuses the trained teacher
     run_demo.main(["--toy", "--output", out])
     assert os.path.getmtime(teacher) == mtime
+
+
+@pytest.mark.parametrize("batch", [8, 16, 4])
+def test_demo_batch_scales_the_learning_rate(batch):
+    """--batch sets every training's batch and scales its config's learning rate linearly."""
+    args = run_demo.parse_args(["--batch", str(batch)])
+    for name, config_file, opts in run_demo.stages(args):
+        cfg = run_demo.load_cfg(config_file, opts)
+        base = run_demo.load_cfg(config_file)
+        assert cfg.SOLVER.IMS_PER_BATCH == batch
+        expected = base.SOLVER.BASE_LR * batch / base.SOLVER.IMS_PER_BATCH
+        assert cfg.SOLVER.BASE_LR == pytest.approx(expected, rel=1e-6)
+        assert cfg.SOLVER.MAX_ITER == (args.teacher_iters if name == "teacher" else 800)

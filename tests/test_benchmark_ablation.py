@@ -78,9 +78,9 @@ def test_plan_of_the_converged_regime():
     teacher, planned = ablation.plan(args)
     assert teacher["config"] == "configs/Converged/teacher.yaml"
     assert _opt(teacher["opts"], "OUTPUT_DIR") == "output/converged/teacher"
-    assert len(planned) == 6 * 3 + 1
+    assert len(planned) == 6 * 3 + 4
     period = str(runs.eval_period(args.iters, CONVERGED.evaluations))
-    for run in planned[:-1]:
+    for run in planned[:-4]:
         assert run["config"] == CONVERGED.configs[run["row"]]
         evaluated = run["row"] in ("baseline", "tbd")
         assert (
@@ -88,15 +88,38 @@ def test_plan_of_the_converged_regime():
             if evaluated
             else ("TEST.EVAL_PERIOD" not in run["opts"])
         )
-    doubled = planned[-1]
-    assert doubled["name"] == "baseline_2x/seed_0" and doubled["row"] == "baseline_2x"
-    assert doubled["config"] == CONVERGED.configs["baseline"] and doubled["seed"] == 0
-    assert _opt(doubled["opts"], "SOLVER.MAX_ITER") == str(2 * args.iters)
-    assert _opt(doubled["opts"], "OUTPUT_DIR") == "output/converged/baseline_2x/seed_0"
-    assert "TEST.EVAL_PERIOD" not in doubled["opts"]
-    # no baseline row: no 2x run
+    # the longer schedules, the longest first (two at a time finish together)
+    longer = planned[-4:]
+    assert [r["name"] for r in longer] == [
+        "baseline_4x/seed_0",
+        "tbd_4x/seed_0",
+        "baseline_2x/seed_0",
+        "tbd_2x/seed_0",
+    ]
+    for run, row, k in zip(longer, ("baseline", "tbd") * 2, (4, 4, 2, 2)):
+        assert run["row"] == f"{row}_{k}x" and run["seed"] == 0
+        assert run["config"] == CONVERGED.configs[row]
+        assert _opt(run["opts"], "SOLVER.MAX_ITER") == str(k * args.iters)
+        assert _opt(run["opts"], "SOLVER.STEPS") == str(
+            (int(0.75 * k * args.iters), int(0.9 * k * args.iters))
+        )
+        assert _opt(run["opts"], "OUTPUT_DIR") == f"output/converged/{row}_{k}x/seed_0"
+        assert "TEST.EVAL_PERIOD" not in run["opts"]
+        # TBD at a longer schedule learns from the same teacher as every distilled row
+        teacher = "output/converged/teacher/model_final.pth"
+        if row == "tbd":
+            assert _opt(run["opts"], "MODEL.TBD.TEACHER.WEIGHTS") == teacher
+        else:
+            assert "MODEL.TBD.TEACHER.WEIGHTS" not in run["opts"]
+    # no baseline row: only TBD's longer runs
     _, planned = ablation.plan(bench.parse_args(["--regime", "converged", "--rows", "tbd"]))
-    assert [r["name"] for r in planned] == ["tbd/seed_0", "tbd/seed_1", "tbd/seed_2"]
+    assert [r["name"] for r in planned] == [
+        "tbd/seed_0",
+        "tbd/seed_1",
+        "tbd/seed_2",
+        "tbd_4x/seed_0",
+        "tbd_2x/seed_0",
+    ]
 
 
 def test_toy_arguments_never_default_into_docs():
@@ -162,7 +185,7 @@ def test_toy_rows_build_with_the_same_switches(regime, row, teacher_weights, mon
     if row == "baseline":
         assert "MODEL.TBD.TEACHER.WEIGHTS" not in opts
         assert [r["name"] for r in extra] == (
-            ["baseline_2x/seed_3"] if regime == "converged" else []
+            ["baseline_4x/seed_3", "baseline_2x/seed_3"] if regime == "converged" else []
         )
     else:
         opts[opts.index("MODEL.TBD.TEACHER.WEIGHTS") + 1] = teacher_weights
@@ -329,7 +352,8 @@ def test_toy_converged_regime_end_to_end_and_carried_over(tmp_path, capsys):
     argv += ["--output", out, "--jobs", "2"]
     bench.main(argv)
     printed = capsys.readouterr().out
-    assert "[ablation] baseline_2x/seed_0 (run 3 of 3)" in printed
+    assert "[ablation] baseline_4x/seed_0 (run 3 of 6)" in printed
+    assert "[ablation] tbd_2x/seed_0 (run 6 of 6)" in printed
     assert printed.count(": harmony on tbd_synthetic_val") == 3  # teacher, baseline, tbd
     results = os.path.join(out, "ablation")
     report = json.load(open(results + ".json"))
@@ -357,14 +381,19 @@ def test_toy_converged_regime_end_to_end_and_carried_over(tmp_path, capsys):
         assert all(p["iter"] <= 6 for p in curve)
     doubled = report["extra_runs"]["baseline_2x/seed_0"]
     assert "SOLVER.MAX_ITER 12" in doubled["command"] and "harmony" not in doubled
+    assert "SOLVER.MAX_ITER 24" in report["extra_runs"]["tbd_4x/seed_0"]["command"]
     conv = report["convergence"]
     assert conv["evaluations"] == 6 and conv["eval_period"] == 1
     assert conv["curve_rows"] == ["baseline", "tbd"] and conv["plateau"]["max_range"] == 1.0
     assert conv["doubling"]["seed"] == "0" and conv["doubling"]["iters"] == 6
+    sched = conv["schedules"]
+    assert (sched["seed"], sched["iters"], sched["multiples"]) == ("0", 6, [1, 2, 4])
+    assert sched["AP"]["baseline"].get("2") == conv["doubling"]["AP_2x"]
+    assert sched["AP"]["tbd"].get("4") == report["extra_runs"]["tbd_4x/seed_0"]["AP"]
     assert report["figure"] == results + "_score_vs_iou.png"
     with Image.open(report["figure"]) as image:
         assert image.size[0] >= 3 * 400
-    assert len(report["targets"]) == 12
+    assert len(report["targets"]) == 15
     assert all(t["status"] in ("PASS", "FAIL", "N/A") for t in report["targets"])
     assert {"runs", "analysis", "run_median", "runs_trained"} <= set(report["wall_seconds"])
 
@@ -377,23 +406,24 @@ def test_toy_converged_regime_end_to_end_and_carried_over(tmp_path, capsys):
     assert "![score vs IoU of foreground anchors](ablation_score_vs_iou.png)" in md
     assert "| teacher |" in md and "matched: n" in md and "score >= 0.3" in md
     assert "Baseline at twice the schedule (seed 0)" in md
-    assert md.count("| **") == 12
+    assert "AP of seed 0 at longer schedules" in md and "| 1x (6) | 2x (12) | 4x (24) |" in md
+    assert md.count("| **") == 15
 
     # a rerun reuses the runs and their cached harmony: nothing is trained or measured again
     bench.main(argv)
     printed = capsys.readouterr().out
-    assert ": harmony on" not in printed and printed.count("finished before, reused") == 3
+    assert ": harmony on" not in printed and printed.count("finished before, reused") == 6
     again = json.load(open(results + ".json"))
     assert again["rows"] == report["rows"] and again["teacher"] == report["teacher"]
 
     # the run directories are gone (the teacher stays): everything is carried over from the json,
     # the harmony records, AP curves and the 2x run with it, and the figure is drawn again
-    for stage in ("baseline", "tbd", "baseline_2x"):
+    for stage in ("baseline", "tbd", "baseline_2x", "baseline_4x", "tbd_2x", "tbd_4x"):
         shutil.rmtree(os.path.join(out, stage))
     os.remove(report["figure"])
     bench.main(argv)
     printed = capsys.readouterr().out
-    assert "3 runs carried over" in printed and ": harmony on" not in printed
+    assert "6 runs carried over" in printed and ": harmony on" not in printed
     carried = json.load(open(results + ".json"))
     for name, row in report["rows"].items():
         record = dict(carried["rows"][name]["seeds"]["0"])

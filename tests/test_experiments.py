@@ -329,6 +329,7 @@ def _converged_evidence(**changes):
         curves={"baseline": {"0": _curve(20, 25, 28, 29.6, 30.0, 30.1)}},
         max_iter=2000,
         doubling={"seed": "0", "iters": 2000, "AP": 30.1, "AP_2x": 30.6},
+        schedules={"baseline": {1: 30.1, 2: 30.6, 4: 30.9}, "tbd": {1: 33.6, 2: 34.0, 4: 34.2}},
     )
     facts.update(changes)
     return T.Evidence(**facts)
@@ -336,7 +337,7 @@ def _converged_evidence(**changes):
 
 def test_converged_targets_pass_with_their_numbers():
     results = T.evaluate(regimes.CONVERGED.targets, _converged_evidence())
-    assert _status(results, 12) == ["PASS"] * 12
+    assert _status(results, 15) == ["PASS"] * 15
     details = {r["target"]: r["detail"] for r in results}
     text = "\n".join(f"{k}: {v}" for k, v in details.items())
     assert "teacher 38.00 - baseline 30.00 = +8.00 AP (needs >= +6.0)" in text
@@ -347,6 +348,9 @@ def test_converged_targets_pass_with_their_numbers():
     assert "= 0.40)" in text  # TBD vs TFD only: max(std 0.4, 0.4)
     assert "|TBD 0.090 - teacher 0.150| = 0.060 vs |baseline 0.050 - teacher 0.150| = 0.100" in text
     assert "|TBD 0.450 - teacher 0.600| = 0.150" in text
+    assert "30.60 at 2x the schedule, 30.90 at 4x (+0.30; needs < +1.0)" in text
+    assert "TBD 33.50 (1x, mean over seeds) - baseline 30.90 (4x, first seed) = +2.60 AP" in text
+    assert "4x the schedule, first seed: TBD 34.20 - baseline 30.90 = +3.30 AP" in text
 
 
 def test_converged_targets_fail_honestly():
@@ -361,13 +365,15 @@ def test_converged_targets_fail_honestly():
         },
         curves={"baseline": {"0": _curve(10, 14, 18, 22, 25, 28)}},
         doubling={"seed": "0", "iters": 2000, "AP": 28.0, "AP_2x": 31.0},
+        schedules={"baseline": {1: 28.0, 2: 31.0, 4: 33.0}, "tbd": {1: 32.8, 2: 33.9, 4: 34.5}},
     )
-    status = _status(T.evaluate(regimes.CONVERGED.targets, facts), 12)
+    status = _status(T.evaluate(regimes.CONVERGED.targets, facts), 15)
     assert status == [
         "FAIL",  # teacher +5.0 < +6.0
         "FAIL",  # teacher 0.6% harmonious < 10%
         "FAIL",  # rising: 22, 25, 28 over the last third
         "FAIL",  # 2x adds +3.0
+        "FAIL",  # 4x adds +2.0 over 2x
         "PASS",  # TBD +2.8 >= +2.0
         "PASS",  # 2.8 > 3 x 0.4
         "PASS",  # TBD 32.8 > feature mimic 31.0
@@ -376,17 +382,43 @@ def test_converged_targets_fail_honestly():
         "FAIL",  # TBD - TFD only = 0.3, not > max std 0.4
         "FAIL",  # |0.001 - 0.006| = 0.005 is not < |0.005 - 0.006| = 0.001
         "FAIL",  # |0.1 - 0.2| = 0.1 is not < |0.25 - 0.2| = 0.05
+        "FAIL",  # TBD 32.8 is below the baseline at 4x, 33.0
+        "FAIL",  # at 4x TBD is only +1.5 ahead
     ]
 
 
 def test_converged_targets_without_their_measurements_are_not_applicable():
     facts = T.Evidence(rows=_rows(baseline=(30.0, NAN), tbd=(33.0, NAN)), teacher_ap=38.0)
     results = T.evaluate(regimes.CONVERGED.targets, facts)
-    status = _status(results, 12)
-    assert status[0] == "PASS" and status[4] == "PASS"  # AP only
-    assert status[1] == status[2] == status[3] == "N/A"  # no harmony, curve, 2x run
-    assert status[5] == "N/A" and status[9] == "N/A"  # one seed: no std
-    assert status[10] == status[11] == "N/A"
+    status = _status(results, 15)
+    assert status[0] == "PASS" and status[5] == "PASS"  # AP only
+    assert status[1] == status[2] == status[3] == status[4] == "N/A"  # no harmony, curve, 2x run
+    assert status[6] == "N/A" and status[10] == "N/A"  # one seed: no std
+    assert status[11] == status[12] == status[13] == status[14] == "N/A"
+
+
+def test_longer_schedule_targets_use_what_was_run():
+    """Only the baseline at 2x: the last-doubling target needs 4x (N/A), TBD is compared with the
+    baseline's longest (2x) run; TBD's own longer runs are needed for the gain at 2x."""
+    targets = [
+        T.last_doubling_adds_little(1.0),
+        T.tbd_over_longest_baseline(2.0),
+        T.gain_at_longest(2.0),
+    ]
+    facts = T.Evidence(
+        rows=_rows(baseline=(10.0, 0.1), tbd=(14.0, 0.1)),
+        schedules={"baseline": {1: 10.0, 2: 11.5}},
+    )
+    results = T.evaluate(targets, facts)
+    assert [r["status"] for r in results] == ["N/A", "PASS", "N/A"]
+    assert "baseline 11.50 (2x, first seed) = +2.50 AP" in results[1]["detail"]
+    facts.schedules["tbd"] = {1: 14.2, 2: 13.0}
+    facts.schedules["baseline"][4] = float("nan")  # a 4x run with no evaluation: not longest
+    results = T.evaluate(targets, facts)
+    assert [r["status"] for r in results] == ["N/A", "PASS", "FAIL"]
+    assert (
+        "2x the schedule, first seed: TBD 13.00 - baseline 11.50 = +1.50 AP" in results[2]["detail"]
+    )
 
 
 # ---------------------------------------------------------------- the regimes
@@ -413,15 +445,16 @@ def test_regimes_are_data_with_their_constants():
         "output/ablation",
         "docs/results/synthetic",
     )
-    assert not (s.harmony or s.evaluations or s.double_baseline or s.details)
+    assert not (s.harmony or s.evaluations or s.longer or s.details)
     assert len(s.targets) == 7
     assert (c.student_iters, c.teacher_iters) == (
         regimes.CONVERGED_STUDENT_ITERS,
         regimes.CONVERGED_TEACHER_ITERS,
     )
     assert (c.output, c.results) == ("output/converged", "docs/results/converged")
-    assert c.harmony and c.double_baseline and c.evaluations == regimes.CONVERGED_EVALUATIONS
-    assert c.curve_rows == ("baseline", "tbd") and len(c.targets) == 12
+    assert c.harmony and c.evaluations == regimes.CONVERGED_EVALUATIONS
+    assert c.longer == regimes.CONVERGED_LONGER == (2, 4) and c.longer_rows == ("baseline", "tbd")
+    assert c.curve_rows == ("baseline", "tbd") and len(c.targets) == 15
     assert c.tuning.iters == c.student_iters
     for regime in regimes.REGIMES.values():
         for config in regime.configs.values():

@@ -23,7 +23,7 @@ from .environment import environment
 from .figures import decode_histogram, plot_score_vs_iou
 from .regimes import REGIMES, SWITCHES, TOY_STUDENT_CONFIG, TOY_TEACHER_CONFIG, Regime
 from .runs import SEED_METRICS, in_repo, load_cfg
-from .tables import mean, nan_to_none, std
+from .tables import mean, missing, nan_to_none, std
 
 PREFIX = "ablation"
 
@@ -134,8 +134,9 @@ def evaluation_split(regime: Regime, toy: bool) -> str:
 def plan(s: Settings) -> Tuple[Dict, List[Dict]]:
     """
     The teacher stage and the runs: dicts with name, row, seed, config and opts, seed by seed
-    (every row at the first seed, then the next), then the regime's extra run (the baseline at
-    twice the schedule, ``baseline_2x/seed_<first seed>``). Paths in opts are as given
+    (every row at the first seed, then the next), then the regime's runs at longer schedules
+    (``<row>_<k>x/seed_<first seed>`` for its ``longer`` multiples k and ``longer_rows``, the
+    longest first, so that ``jobs`` at a time finish together). Paths in opts are as given
     (relative to the repo root, where the subprocesses run).
     """
     r, out = s.regime, s.output
@@ -173,11 +174,17 @@ def plan(s: Settings) -> Tuple[Dict, List[Dict]]:
         for row in s.rows:
             evaluations = r.evaluations if row in r.curve_rows else 0
             planned.append(make_run(row, seed, f"{row}/seed_{seed}", s.iters, evaluations))
-    if r.double_baseline and "baseline" in s.rows:
-        seed = s.seeds[0]
-        extra = make_run("baseline", seed, f"baseline_2x/seed_{seed}", 2 * s.iters, 0)
-        planned.append(dict(extra, row="baseline_2x"))
+    seed = s.seeds[0]
+    for k in sorted(r.longer, reverse=True):
+        for row in (row for row in r.longer_rows if row in s.rows):
+            extra = make_run(row, seed, f"{longer_name(row, k)}/seed_{seed}", k * s.iters, 0)
+            planned.append(dict(extra, row=longer_name(row, k)))
     return teacher, planned
+
+
+def longer_name(row: str, k: int) -> str:
+    """The name of ``row`` at ``k`` times the schedule (its runs' directory and json key)."""
+    return f"{row}_{k}x"
 
 
 # ---------------------------------------------------------------------------- training
@@ -298,6 +305,12 @@ def evidence(s: Settings, teacher: Dict, rows: Dict, extra: Dict) -> targets.Evi
     if doubled is not None:
         base = rows.get("baseline", {}).get("seeds", {}).get(first, {})
         doubling = {"seed": first, "iters": s.iters, "AP": base.get("AP"), "AP_2x": doubled["AP"]}
+    schedules = {}
+    for row in (row for row in s.regime.longer_rows if row in rows):
+        at = {1: rows[row]["seeds"].get(first, {}).get("AP")}
+        for k in s.regime.longer:
+            at[k] = extra.get(f"{longer_name(row, k)}/seed_{first}", {}).get("AP")
+        schedules[row] = {k: ap for k, ap in at.items() if not missing(ap)}
     return targets.Evidence(
         rows={k: {"mean": r["AP_mean"], "std": r["AP_std"]} for k, r in rows.items()},
         teacher_ap=teacher["AP"],
@@ -305,6 +318,7 @@ def evidence(s: Settings, teacher: Dict, rows: Dict, extra: Dict) -> targets.Evi
         curves={k: v for k, v in curves.items() if v},
         max_iter=s.iters,
         doubling=doubling,
+        schedules=schedules,
     )
 
 
@@ -355,10 +369,10 @@ def settings_record(s: Settings) -> Dict:
 
 def convergence(s: Settings, facts: targets.Evidence) -> Optional[Dict]:
     """The evidence that the baseline has converged, for the report: the evaluation schedule,
-    the plateau judgement of its AP curve and the 2x-schedule run (None when the regime
-    measures neither)."""
+    the plateau judgement of its AP curve, the 2x-schedule baseline and the AP of the first seed
+    at each schedule (None when the regime measures none of them)."""
     r = s.regime
-    if not (r.evaluations or r.double_baseline):
+    if not (r.evaluations or r.longer):
         return None
     out = {}
     if r.evaluations:
@@ -376,10 +390,19 @@ def convergence(s: Settings, facts: targets.Evidence) -> Optional[Dict]:
                 max_range=r.plateau_range,
             ),
         )
-    if r.double_baseline:
+    if 2 in r.longer and "baseline" in r.longer_rows:
         d = facts.doubling or {}
         gain = None if None in (d.get("AP"), d.get("AP_2x")) else d["AP_2x"] - d["AP"]
         out["doubling"] = {**d, "gain": gain} if d else None
+    if r.longer:
+        out["schedules"] = {
+            "seed": str(s.seeds[0]),
+            "iters": s.iters,
+            "multiples": [1, *sorted(r.longer)],
+            "AP": {
+                row: {str(k): ap for k, ap in at.items()} for row, at in facts.schedules.items()
+            },
+        }
     return out
 
 

@@ -12,7 +12,7 @@ from typing import Dict, List
 
 from .regimes import REGIMES, TOY_STUDENT_CONFIG
 from .runs import REPO, WRITER_PERIOD, in_repo
-from .tables import fmt, markdown_table
+from .tables import fmt, markdown_table, missing
 from .targets import SHORT
 
 DOC = "docs/benchmark.md"
@@ -141,9 +141,13 @@ def _regime_paragraph(report: Dict, regime) -> List[str]:
             f"; the {rows} rows are evaluated {conv['evaluations']} times (every "
             f"{conv['eval_period']} iterations and at the end)"
         )
-    doubled = [name for name in report.get("extra_runs") or {} if name.startswith("baseline_2x")]
-    if doubled:
-        text += f"; `{doubled[0]}` is the baseline at {2 * settings['student_iters']} iterations"
+    sched = conv.get("schedules")
+    if sched and len(sched["multiples"]) > 1:
+        rows = " and ".join(SHORT.get(r, r) for r in sched["AP"]) or "no"
+        longer = ", ".join(
+            f"{k}x ({k * sched['iters']} iterations)" for k in sched["multiples"] if k > 1
+        )
+        text += f"; the {rows} rows' seed {sched['seed']} also trains at {longer}"
     return [text + ".", ""]
 
 
@@ -306,7 +310,34 @@ def _convergence_section(report: Dict) -> List[str]:
         else:
             text = "Baseline at twice the schedule: not run (needs the baseline row)."
         lines += ["", text]
+    lines += _schedules_table(report)
     return lines
+
+
+def _schedules_table(report: Dict) -> List[str]:
+    """AP of the first seed of the baseline and TBD rows at each schedule, and their gap."""
+    sched = (report.get("convergence") or {}).get("schedules")
+    if not sched or not sched["AP"]:
+        return []
+    ks = [str(k) for k in sched["multiples"]]
+    header = ["row"] + [f"{k}x ({int(k) * sched['iters']})" for k in ks]
+    table = [
+        [report["rows"][row]["label"]] + [fmt(at.get(k)) for k in ks]
+        for row, at in sched["AP"].items()
+    ]
+    base, tbd = sched["AP"].get("baseline"), sched["AP"].get("tbd")
+    if base and tbd:
+        gaps = [
+            None if missing(base.get(k)) or missing(tbd.get(k)) else tbd[k] - base[k] for k in ks
+        ]
+        table.append(["TBD - baseline"] + ["n/a" if g is None else f"{g:+.1f}" for g in gaps])
+    return [
+        "",
+        f"AP of seed {sched['seed']} at longer schedules (iterations; LR steps at 0.75 and 0.9 "
+        "of each, one run per cell):",
+        "",
+        *markdown_table(header, table),
+    ]
 
 
 def _minutes(seconds) -> str:

@@ -38,6 +38,9 @@ CONVERGED_TEACHER_MARGIN = 6.0  # teacher AP >= baseline AP + 6.0
 CONVERGED_TEACHER_HARMONY = 0.10  # teacher's harmonious proportion of foreground anchors
 CONVERGED_PLATEAU_RANGE = 1.0  # baseline's mean AP over the last third varies by <= 1.0
 CONVERGED_DOUBLING_GAIN = 1.0  # doubling the baseline schedule adds < 1.0 AP
+# The baseline and TBD rows (first seed) are also trained at these multiples of the schedule: where
+# the baseline stops improving, and whether TBD's gain holds there.
+CONVERGED_LONGER = (2, 4)
 CONVERGED_TBD_GAIN = 2.0  # TBD AP >= baseline AP + 2.0
 CONVERGED_STD_FACTOR = 3.0  # TBD's gain > 3 x the larger seed std
 
@@ -82,7 +85,9 @@ class Regime:
         harmony: measure harmony statistics of every run and of the teacher on the test split.
         evaluations: evaluate the ``curve_rows`` this many times over the schedule (0: only at the
             end), for their AP curves and the plateau judgement.
-        double_baseline: one more run, the baseline at twice the schedule (the first seed).
+        longer: schedule multiples k of extra runs of the ``longer_rows`` (first seed each),
+            ``<row>_<k>x/seed_<s>``: the baseline at 2x (the doubling target) and beyond shows
+            where it stops improving, TBD at the same schedules whether its gain holds there.
         toy_student_iters, toy_teacher_iters: the schedules of ``--toy``.
     """
 
@@ -100,7 +105,8 @@ class Regime:
     evaluations: int = 0
     curve_rows: Tuple[str, ...] = ()
     plateau_range: float = 1.0
-    double_baseline: bool = False
+    longer: Tuple[int, ...] = ()
+    longer_rows: Tuple[str, ...] = ()
     toy_student_iters: int = 4
     toy_teacher_iters: int = 4
 
@@ -120,7 +126,7 @@ class Regime:
     def details(self) -> bool:
         """Whether the report has the sections beyond today's synthetic table (harmony, curves,
         wall times)."""
-        return self.harmony or self.evaluations > 0 or self.double_baseline
+        return self.harmony or self.evaluations > 0 or bool(self.longer)
 
 
 SYNTHETIC = Regime(
@@ -161,8 +167,8 @@ CONVERGED = Regime(
     name="converged",
     title="Ablation in the converged regime",
     summary=(
-        "students are trained until the baseline has stopped improving (its AP curve and a run "
-        "at twice the schedule below), from a teacher well above it; every run's harmony on the "
+        "students are trained until the baseline has stopped improving (its AP curve, and runs "
+        "at longer schedules below), from a teacher well above it; every run's harmony on the "
         "test split is measured with tbd.analysis, as tools/analyze_harmony.py does."
     ),
     rows=(
@@ -182,6 +188,7 @@ CONVERGED = Regime(
         T.teacher_harmony(CONVERGED_TEACHER_HARMONY),
         T.baseline_plateaued(CONVERGED_PLATEAU_RANGE),
         T.doubling_adds_little(CONVERGED_DOUBLING_GAIN),
+        T.last_doubling_adds_little(CONVERGED_DOUBLING_GAIN),
         T.tbd_gain(CONVERGED_TBD_GAIN),
         T.gain_over_noise(CONVERGED_STD_FACTOR),
         T.compare("tbd", "feature_mimic"),
@@ -190,6 +197,8 @@ CONVERGED = Regime(
         T.compare("tbd", "tfd_only", by_std=True),
         T.closer_to_teacher("harmonious_fraction"),
         T.closer_to_teacher("spearman"),
+        T.tbd_over_longest_baseline(CONVERGED_TBD_GAIN),
+        T.gain_at_longest(CONVERGED_TBD_GAIN),
     ),
     tuning=Tuning(
         iters=CONVERGED_STUDENT_ITERS,
@@ -202,7 +211,8 @@ CONVERGED = Regime(
     evaluations=CONVERGED_EVALUATIONS,
     curve_rows=("baseline", "tbd"),
     plateau_range=CONVERGED_PLATEAU_RANGE,
-    double_baseline=True,
+    longer=CONVERGED_LONGER,
+    longer_rows=("baseline", "tbd"),
     toy_student_iters=6,
     toy_teacher_iters=4,
 )

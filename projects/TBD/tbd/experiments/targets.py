@@ -40,6 +40,8 @@ class Evidence:
         curves: {row: {seed: [{"iter": iterations trained, "AP": AP}, ...]}}, the evaluations.
         max_iter: the students' schedule (iterations).
         doubling: {"seed", "iters", "AP", "AP_2x"}: a baseline seed at the schedule and at twice it.
+        schedules: {row: {k: AP}}: the first seed of a row at k times the schedule (k = 1 is the
+            row's own run).
     """
 
     rows: Dict[str, Dict]
@@ -48,6 +50,7 @@ class Evidence:
     curves: Dict[str, Dict[str, List[Dict]]] = field(default_factory=dict)
     max_iter: int = 0
     doubling: Optional[Dict] = None
+    schedules: Dict[str, Dict[int, float]] = field(default_factory=dict)
 
     def ap(self, row: str) -> float:
         value = self.rows.get(row, {}).get("mean", float("nan"))
@@ -308,5 +311,70 @@ def doubling_adds_little(max_gain: float) -> Target:
             f"{d['AP_2x']:.2f} after {2 * d['iters']} ({gain:+.2f}; needs < +{max_gain:.1f})"
         )
         return result(text, gain < max_gain, detail)
+
+    return target
+
+
+def _longest(e: Evidence, row: str) -> Optional[int]:
+    """The longest schedule multiple at which ``row``'s first seed has an AP (None: only 1x)."""
+    ks = [k for k, ap in e.schedules.get(row, {}).items() if k > 1 and not missing(ap)]
+    return max(ks) if ks else None
+
+
+def last_doubling_adds_little(max_gain: float) -> Target:
+    """The baseline has plateaued by its longest schedule K x: AP(K x) - AP(K/2 x) < ``max_gain``
+    (one seed)."""
+
+    def target(e: Evidence) -> Dict:
+        text = f"the baseline's last doubling of its schedule adds < {max_gain:.1f} AP"
+        at, k = e.schedules.get("baseline", {}), _longest(e, "baseline")
+        if k is None or k < 4 or _missing(at.get(k // 2)):
+            return result(text, None, "needs the baseline at 2 schedules beyond its own (2x, 4x)")
+        gain = at[k] - at[k // 2]
+        detail = (
+            f"baseline, first seed: {at[k // 2]:.2f} at {k // 2}x the schedule, {at[k]:.2f} at "
+            f"{k}x ({gain:+.2f}; needs < +{max_gain:.1f})"
+        )
+        return result(text, gain < max_gain, detail)
+
+    return target
+
+
+def tbd_over_longest_baseline(min_gain: float) -> Target:
+    """TBD at the benchmark's schedule (mean over seeds) >= the baseline at its longest schedule
+    (first seed) + ``min_gain``: distillation beats training the baseline longer."""
+
+    def target(e: Evidence) -> Dict:
+        text = f"TBD AP >= the baseline's AP at its longest schedule + {min_gain:.1f}"
+        k, tbd = _longest(e, "baseline"), e.ap("tbd")
+        if k is None or _missing(tbd):
+            return result(text, None, "needs the TBD row and the baseline at a longer schedule")
+        base = e.schedules["baseline"][k]
+        detail = (
+            f"TBD {tbd:.2f} (1x, mean over seeds) - baseline {base:.2f} ({k}x, first seed) = "
+            f"{tbd - base:+.2f} AP (needs >= +{min_gain:.1f})"
+        )
+        return result(text, tbd - base >= min_gain, detail)
+
+    return target
+
+
+def gain_at_longest(min_gain: float) -> Target:
+    """At the longest schedule both rows ran (first seed): AP(TBD) >= AP(baseline) +
+    ``min_gain``."""
+
+    def target(e: Evidence) -> Dict:
+        text = f"at the longest schedule, TBD AP >= baseline AP + {min_gain:.1f}"
+        base, tbd = e.schedules.get("baseline", {}), e.schedules.get("tbd", {})
+        shared = [k for k in base if k in tbd and k > 1 and not _missing(base[k], tbd[k])]
+        if not shared:
+            return result(text, None, "needs the baseline and TBD at a longer schedule")
+        k = max(shared)
+        gain = tbd[k] - base[k]
+        detail = (
+            f"{k}x the schedule, first seed: TBD {tbd[k]:.2f} - baseline {base[k]:.2f} = "
+            f"{gain:+.2f} AP (needs >= +{min_gain:.1f})"
+        )
+        return result(text, gain >= min_gain, detail)
 
     return target

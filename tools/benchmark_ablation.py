@@ -5,8 +5,9 @@ several seeds and evaluated with COCOEvaluator on the test split, in one of two 
 
     synthetic   configs/Synthetic/*_R18.yaml, results docs/results/synthetic (the default)
     converged   configs/Converged/*.yaml, results docs/results/converged: students trained until
-                the baseline has plateaued (AP curves, a 2x-schedule baseline), harmony statistics
-                of every run and of the teacher, a score-vs-IoU figure
+                the baseline has plateaued (AP curves; the baseline and TBD also at 2x and 4x the
+                schedule), harmony statistics of every run and of the teacher, a score-vs-IoU
+                figure
 
     baseline        no distillation
     feature_mimic   FitNet: HD off, TFD over every location, fixed balance

@@ -301,7 +301,7 @@ def evidence(s: Settings, teacher: Dict, rows: Dict, extra: Dict) -> targets.Evi
     }
     doubling = None
     first = str(s.seeds[0])
-    doubled = extra.get(f"baseline_2x/seed_{first}")
+    doubled = extra.get(f"{longer_name('baseline', 2)}/seed_{first}")
     if doubled is not None:
         base = rows.get("baseline", {}).get("seeds", {}).get(first, {})
         doubling = {"seed": first, "iters": s.iters, "AP": base.get("AP"), "AP_2x": doubled["AP"]}

@@ -81,7 +81,7 @@ def carry_over(
     The runs of an earlier results json (``previous``, from ``<results>.json``) that this
     invocation need not train: those not finished in ``output`` whose recorded command is the
     planned one, when that json's teacher is ``teacher`` (:func:`same_teacher`). Returns
-    {run name: its record}, each with ``carried_over_from``: the invocation that trained it.
+    {run name: its record}, each with ``carried_over_from``: the invocation that wrote that json.
     """
     if previous is None:
         return {}

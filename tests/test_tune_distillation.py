@@ -41,7 +41,8 @@ def test_every_candidate_trains_on_train_and_scores_on_the_heldout_split_only(re
             f"{tuning.HELDOUT_NAME}={root}/annotations/val.json:{root}/val"
         ]
         assert cfg.OUTPUT_DIR == os.path.join(args.output, name)
-        assert cfg.SOLVER.MAX_ITER == args.iters
+        assert cfg.SOLVER.MAX_ITER == tuning.candidate_iters(tune.CANDIDATES[name], args.iters)
+        assert cfg.SOLVER.STEPS == tuple(int(cfg.SOLVER.MAX_ITER * f) for f in (0.75, 0.9))
         if cfg.MODEL.META_ARCHITECTURE == "TBDRetinaNet":
             assert cfg.MODEL.TBD.TEACHER.WEIGHTS == args.teacher_weights
 
@@ -96,3 +97,19 @@ def test_results_without_the_baseline_show_no_gain(tmp_path, monkeypatch):
         REGIMES["converged"], "cmd", "teacher.pth", 10, with_baseline, "results/t"
     )
     assert "| 12.50 | 28.00 | 9.00 | +2.50 |" in text
+
+
+def test_a_candidate_with_its_own_schedule_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(tuning, "in_repo", lambda p: str(tmp_path / p))
+    name = "batch32_lr0.08_1500"
+    row, opts, iters = tune.CANDIDATES[name]
+    ((_, _, planned),) = tuning.plan(
+        REGIMES["converged"], tune.CANDIDATES, [name], 6000, "t.pth", "o"
+    )
+    assert load_cfg(REGIMES["converged"].configs[row], planned).SOLVER.MAX_ITER == iters == 1500
+    record = {"AP": 9.0, "AP50": 20.0, "AP75": 6.0, "s_per_iter": 0.1, "extra_opts": opts}
+    same = {**record, "extra_opts": [], "iters": 6000}
+    results = {"baseline": same, name: {**record, "iters": iters}}
+    text = tuning.write_results(REGIMES["converged"], "cmd", "t.pth", 6000, results, "results/t")
+    assert "| baseline | `(config as is)` | 9.00 |" in text  # the common schedule: not repeated
+    assert f"| {name} | `{' '.join(opts)}`, 1500 iterations | 9.00 |" in text

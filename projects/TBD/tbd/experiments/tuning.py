@@ -60,16 +60,23 @@ def plan(
     output: str,
 ) -> List[Tuple[str, str, List[str]]]:
     """The candidates to train: (name, config, opts) with the schedule, the fixed teacher and the
-    held-out split as the only test set. ``candidates``: {name: (row, opts over its config)}."""
+    held-out split as the only test set. ``candidates``: {name: (row, opts over its config)} or
+    {name: (row, opts, its own schedule in iterations)}; the others train ``iters``."""
     out = []
     for name in names:
-        row, extra = candidates[name]
-        opts = extra + runs.schedule(iters) + heldout_opts(regime.tuning.heldout_root)
-        opts += ["MODEL.TBD.WARMUP_ITERS", str(max(1, iters // 6))]
+        row, extra = candidates[name][:2]
+        its = candidate_iters(candidates[name], iters)
+        opts = extra + runs.schedule(its) + heldout_opts(regime.tuning.heldout_root)
+        opts += ["MODEL.TBD.WARMUP_ITERS", str(max(1, its // 6))]
         opts += ["MODEL.TBD.TEACHER.WEIGHTS", teacher_weights]
         opts += ["OUTPUT_DIR", os.path.join(output, name)]
         out.append((name, regime.configs[row], opts))
     return out
+
+
+def candidate_iters(candidate: Tuple, iters: int) -> int:
+    """A candidate's schedule: its own third element when it has one, else ``iters``."""
+    return candidate[2] if len(candidate) > 2 else iters
 
 
 def train(planned, output: str, candidates) -> Dict[str, Dict]:
@@ -88,6 +95,7 @@ def train(planned, output: str, candidates) -> Dict[str, Dict]:
         results[name] = {
             "command": runs.command_line(stage),
             "extra_opts": candidates[name][1],
+            "iters": load_cfg(config, opts).SOLVER.MAX_ITER,
             **{m: metrics["bbox"][m] for m in ("AP", "AP50", "AP75")},
             "s_per_iter": metrics["s_per_iter"],
         }
@@ -125,7 +133,8 @@ def write_results(regime: Regime, command: str, teacher_weights, iters, results,
         f"    {info['command']}",
         "",
         f"Scored on {info['scored_on']}, never on `{evaluation_split(regime, False)}`. Students "
-        f"train {iters} iterations on `{train_split}` from `{teacher_weights}`; "
+        f"train {iters} iterations (unless their opts say otherwise) on `{train_split}` from "
+        f"`{teacher_weights}`; "
         "one training run each (SEED unset: detectron2 draws a random seed). "
         f"{env['date']}; git commit {env['git_commit']}; {env['machine']['cpu']}, "
         f"{env['machine']['cores']} cores; torch {env['versions']['torch']}.",
@@ -134,10 +143,12 @@ def write_results(regime: Regime, command: str, teacher_weights, iters, results,
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
-        opts = " ".join(r["extra_opts"]) or "(config as is)"
+        opts = "`" + (" ".join(r["extra_opts"]) or "(config as is)") + "`"
+        if r.get("iters", iters) != iters:
+            opts += f", {r['iters']} iterations"
         gain = "-" if baseline is None else f"{r['AP'] - baseline:+.2f}"
         lines.append(
-            f"| {name} | `{opts}` | {r['AP']:.2f} | {r['AP50']:.2f} | {r['AP75']:.2f} | "
+            f"| {name} | {opts} | {r['AP']:.2f} | {r['AP50']:.2f} | {r['AP75']:.2f} | "
             f"{gain} | {r['s_per_iter']:.3f} |"
         )
     text = "\n".join(lines) + "\n"

@@ -343,7 +343,7 @@ def test_toy_benchmark_writes_results_and_reuses_runs(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_toy_converged_regime_end_to_end_and_carried_over(tmp_path, capsys):
+def test_toy_converged_regime_end_to_end_and_carried_over(tmp_path, capsys, monkeypatch):
     """The converged regime at toy size: harmony of every run and of the teacher, AP curves of
     the baseline and TBD rows, the 2x-schedule baseline, the figure; then a rerun that measures
     nothing again (harmony.json cached in the run directories), and one without the run
@@ -351,7 +351,15 @@ def test_toy_converged_regime_end_to_end_and_carried_over(tmp_path, capsys):
     out = str(tmp_path / "converged")
     argv = ["--regime", "converged", "--toy", "--seeds", "0", "--rows", "baseline", "tbd"]
     argv += ["--output", out, "--jobs", "2"]
+    # the commit and worktree state are recorded before the runs and the figure are written
+    events, real = [], (ablation.environment, runs.train_stages, ablation.write_figure)
+    monkeypatch.setattr(ablation, "environment", lambda: events.append("env") or real[0]())
+    monkeypatch.setattr(
+        runs, "train_stages", lambda *a, **k: events.append("runs") or real[1](*a, **k)
+    )
+    monkeypatch.setattr(ablation, "write_figure", lambda *a: events.append("figure") or real[2](*a))
     bench.main(argv)
+    assert events == ["env", "runs", "figure"]
     printed = capsys.readouterr().out
     assert "[ablation] baseline_4x/seed_0 (run 3 of 6)" in printed
     assert "[ablation] tbd_2x/seed_0 (run 6 of 6)" in printed

@@ -406,12 +406,15 @@ def convergence(s: Settings, facts: targets.Evidence) -> Optional[Dict]:
     return out
 
 
-def write_results(s: Settings, teacher, rows, extra, judged, wall_seconds, more=None) -> Dict:
+def write_results(
+    s: Settings, teacher, rows, extra, judged, wall_seconds, more=None, env=None
+) -> Dict:
     """Write <results>.json and <results>.md; return the json's content. ``more``: the regime's
-    sections beyond the table (``extra_runs``, ``convergence``, ``figure``), in order."""
+    sections beyond the table (``extra_runs``, ``convergence``, ``figure``), in order; ``env``:
+    :func:`environment` as the invocation started (default: now)."""
     report = {
         "generated_by": shlex.join(["python", "tools/benchmark_ablation.py", *s.argv]),
-        **environment(),
+        **(env or environment()),
         "settings": settings_record(s),
         "teacher": teacher,
         "rows": rows,
@@ -433,6 +436,9 @@ def write_results(s: Settings, teacher, rows, extra, judged, wall_seconds, more=
 def run(s: Settings) -> Dict:
     """The whole benchmark (module docstring); returns the results json's content."""
     start = time.time()
+    # the commit and the state of the worktree that run, before this invocation writes its
+    # outputs (the figure and results under docs/ are tracked: written, they would mark it dirty)
+    env = environment()
     os.makedirs(in_repo(s.output), exist_ok=True)
     teacher, planned = plan(s)
     print(
@@ -474,7 +480,7 @@ def run(s: Settings) -> Dict:
             runs_planned=len(planned),
             run_median=_median_run(rows, extra),
         )
-    return write_results(s, teacher, rows, extra, judged, wall, more)
+    return write_results(s, teacher, rows, extra, judged, wall, more, env)
 
 
 def _median_run(rows: Dict, extra: Dict) -> Optional[float]:

@@ -109,6 +109,88 @@ def test_boxes_are_tight_on_visible_pixels():
     assert checked > 0
 
 
+def _samples(n, size=64, **look):
+    return [render_sample(np.random.default_rng([0, 0, i]), size, **look) for i in range(n)]
+
+
+def test_max_objects_bounds_every_image():
+    counts = [len(objects) for _, objects, _ in _samples(40, max_objects=2)]
+    assert max(counts) <= 2 and 2 in counts
+    assert max(len(objects) for _, objects, _ in _samples(40)) > 2  # the default allows more
+
+
+def test_min_object_size_moves_the_size_distribution():
+    def sides(**look):
+        return np.array(
+            [np.sqrt(o["area"]) for _, objects, _ in _samples(40, **look) for o in objects]
+        )
+
+    small, large = sides(), sides(min_object_size=20)
+    # log-uniform sizes from 8 (default) or 20 px to 60% of 64 px: medians ~17 px and ~28 px
+    # (visible-pixel areas are a bit smaller than size**2)
+    assert np.median(large) > np.median(small) + 5
+    assert np.quantile(large, 0.1) > np.quantile(small, 0.1)
+
+
+def _plane_residual_std(image, mask):
+    """Std of the pixels under ``mask`` around the best plane a + b x + c y, per channel."""
+    ys, xs = np.nonzero(mask)
+    basis = np.stack([np.ones_like(xs), xs, ys], axis=1).astype(np.float64)
+    values = image[mask].astype(np.float64)  # (N, 3)
+    coef, *_ = np.linalg.lstsq(basis, values, rcond=None)
+    return float((values - basis @ coef).std(axis=0).max())
+
+
+def test_clutter_off_leaves_a_plain_gradient_background():
+    plain = [_plane_residual_std(im, own < 0) for im, _, own in _samples(12, clutter=False)]
+    cluttered = [_plane_residual_std(im, own < 0) for im, _, own in _samples(12)]
+    # off: a linear gradient plus the final pixel noise (std <= 12), clipped to [0, 255]
+    assert max(plain) <= 13.0
+    assert np.median(cluttered) > 2 * max(plain)
+
+
+def test_look_is_part_of_the_recorded_parameters(tmp_path):
+    kwargs = dict(num_train=3, num_val=2, image_size=64)
+    out = make_synthetic_coco(str(tmp_path), **kwargs)
+    assert make_synthetic_coco(str(tmp_path), **kwargs)["generated"] == []
+    easy = make_synthetic_coco(str(tmp_path), max_objects=2, clutter=False, **kwargs)
+    assert easy["generated"] == ["train", "val"]
+    with open(out["train_json"]) as f:
+        info = json.load(f)["info"]
+    assert (info["max_objects"], info["clutter"], info["min_object_size"]) == (2, False, 8.0)
+    for bad in (dict(min_object_size=1), dict(min_object_size=40), dict(max_objects=0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            make_synthetic_coco(str(tmp_path / "bad"), **kwargs, **bad)
+
+
+def test_config_keys_reach_the_generator(tmp_path):
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog
+
+    from tbd.config import add_tbd_config
+    from tbd.datasets import synthetic_kwargs
+
+    cfg = get_cfg()
+    add_tbd_config(cfg)
+    assert synthetic_kwargs(cfg) == dict(
+        num_train=2000,
+        num_val=300,
+        image_size=128,
+        seed=0,
+        min_object_size=8,
+        max_objects=8,
+        clutter=True,
+    )
+    syn = cfg.DATASETS.SYNTHETIC
+    syn.NUM_TRAIN, syn.NUM_VAL, syn.IMAGE_SIZE, syn.MAX_OBJECTS, syn.CLUTTER = 6, 2, 64, 1, False
+    names = ("test_synth_look_train", "test_synth_look_val")
+    register_synthetic(str(tmp_path), names=names, **synthetic_kwargs(cfg))
+    dicts = DatasetCatalog.get(names[0])
+    assert len(dicts) == 6 and all(len(d["annotations"]) <= 1 for d in dicts)
+    with open(tmp_path / "annotations" / "train.json") as f:
+        assert json.load(f)["info"]["clutter"] is False
+
+
 def test_register_synthetic(tmp_path):
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.structures import BoxMode

@@ -19,6 +19,11 @@ def main(argv=None):
     parser.add_argument("--num-val", type=int, default=300, help="number of val images")
     parser.add_argument("--image-size", type=int, default=128, help="square image side, px")
     parser.add_argument("--seed", type=int, default=0, help="base random seed")
+    parser.add_argument("--min-object-size", type=float, default=8.0, help="smallest object, px")
+    parser.add_argument("--max-objects", type=int, default=8, help="most objects per image")
+    parser.add_argument(
+        "--no-clutter", action="store_true", help="plain gradient backgrounds, no distractors"
+    )
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if up to date")
     args = parser.parse_args(argv)
 
@@ -29,6 +34,9 @@ def main(argv=None):
         num_val=args.num_val,
         image_size=args.image_size,
         seed=args.seed,
+        min_object_size=args.min_object_size,
+        max_objects=args.max_objects,
+        clutter=not args.no_clutter,
         overwrite=args.overwrite,
     )
     elapsed = time.perf_counter() - start

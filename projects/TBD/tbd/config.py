@@ -79,6 +79,12 @@ def add_tbd_config(cfg):
     _C.DATASETS.SYNTHETIC.NUM_VAL = 300
     _C.DATASETS.SYNTHETIC.IMAGE_SIZE = 128
     _C.DATASETS.SYNTHETIC.SEED = 0
+    # How hard the images are (tbd/synthetic.py); the defaults are the benchmarks' dataset. Object
+    # sizes are log-uniform from MIN_OBJECT_SIZE px to 60% of the side, 1 to MAX_OBJECTS per image;
+    # CLUTTER False: plain gradient backgrounds and no distractors.
+    _C.DATASETS.SYNTHETIC.MIN_OBJECT_SIZE = 8
+    _C.DATASETS.SYNTHETIC.MAX_OBJECTS = 8
+    _C.DATASETS.SYNTHETIC.CLUTTER = True
     # Your own COCO-format datasets, no code edits: ["name=path/to/instances.json:path/to/images"].
     _C.DATASETS.COCO_SPECS = []
 

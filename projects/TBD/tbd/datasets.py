@@ -252,7 +252,8 @@ def register_synthetic(
         generate: generate the data if missing or stale (cheap when up to date). If False, the
             json files must already exist.
         **gen_kwargs: forwarded to ``make_synthetic_coco`` (``num_train``, ``num_val``,
-            ``image_size``, ``seed``, ``overwrite``).
+            ``image_size``, ``seed``, ``min_object_size``, ``max_objects``, ``clutter``,
+            ``overwrite``).
 
     Returns:
         the list of dataset names.
@@ -332,6 +333,21 @@ def register_coco_datasets(
 SYNTHETIC_NAMES = ("tbd_synthetic_train", "tbd_synthetic_val")
 
 
+def synthetic_kwargs(cfg) -> Dict:
+    """The keyword arguments of :func:`tbd.synthetic.make_synthetic_coco` (all but ``root``) that
+    ``cfg.DATASETS.SYNTHETIC`` asks for."""
+    syn = cfg.DATASETS.SYNTHETIC
+    return {
+        "num_train": syn.NUM_TRAIN,
+        "num_val": syn.NUM_VAL,
+        "image_size": syn.IMAGE_SIZE,
+        "seed": syn.SEED,
+        "min_object_size": syn.MIN_OBJECT_SIZE,
+        "max_objects": syn.MAX_OBJECTS,
+        "clutter": syn.CLUTTER,
+    }
+
+
 def register_datasets(cfg) -> None:
     """Register what a config needs: ``DATASETS.COCO_SPECS``, and the synthetic dataset (generated
     under ``DATASETS.SYNTHETIC.ROOT`` when missing) when the config uses its names.
@@ -344,12 +360,6 @@ def register_datasets(cfg) -> None:
     )
     used = set(cfg.DATASETS.TRAIN) | set(cfg.DATASETS.TEST)
     if used & set(SYNTHETIC_NAMES):
-        syn = cfg.DATASETS.SYNTHETIC
         register_synthetic(
-            syn.ROOT,
-            names=SYNTHETIC_NAMES,
-            num_train=syn.NUM_TRAIN,
-            num_val=syn.NUM_VAL,
-            image_size=syn.IMAGE_SIZE,
-            seed=syn.SEED,
+            cfg.DATASETS.SYNTHETIC.ROOT, names=SYNTHETIC_NAMES, **synthetic_kwargs(cfg)
         )

@@ -19,6 +19,10 @@ Boxes are the tight box of each object's visible pixels, so classification (smal
 alike) and localization (thin/occluded parts, clutter) are both non-trivial, and a larger model
 has room to beat a small one -- which is what a distillation experiment needs.
 
+Three knobs make it easier (``DATASETS.SYNTHETIC.MIN_OBJECT_SIZE``, ``MAX_OBJECTS``, ``CLUTTER``):
+a larger smallest object, fewer objects per image, and ``clutter=False`` (a plain gradient
+background, no distractors). Their defaults give the dataset described above, pixel for pixel.
+
 Everything is drawn from :func:`numpy.random.default_rng` streams seeded by
 ``(seed, split, image_index)``: the same seed always gives the same json bytes and pixel arrays,
 and the train and val splits use different streams. Only numpy and Pillow are used.
@@ -119,14 +123,17 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return np.asarray(big, dtype=np.float32) / 255.0
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A cluttered, textured float32 background (size, size, 3) in [0, 255]."""
+def _background(rng: np.random.Generator, size: int, clutter: bool = True) -> np.ndarray:
+    """A float32 background (size, size, 3) in [0, 255]: a linear colour gradient, with (when
+    ``clutter``) colour noise, fine texture and stripes on top."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     ang = rng.uniform(0, 2 * np.pi)
     ramp = np.cos(ang) * xx + np.sin(ang) * yy
     ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
     img = c0 + (c1 - c0) * ramp[..., None]  # linear gradient
+    if not clutter:
+        return img.astype(np.float32)
     img = img + rng.uniform(40, 110) * (_smooth_noise(rng, size, int(rng.integers(3, 9))) - 0.5)
     if rng.random() < 0.7:  # fine texture
         cells = int(rng.integers(size // 10, size // 4 + 1))
@@ -217,13 +224,22 @@ def _place_object(rng, cls, s, lo, hi, owner, full_area, tries=10):
 
 
 def render_sample(
-    rng: np.random.Generator, image_size: int
+    rng: np.random.Generator,
+    image_size: int,
+    *,
+    min_object_size: float = _MIN_SIZE_PX,
+    max_objects: int = _MAX_OBJECTS,
+    clutter: bool = True,
 ) -> Tuple[np.ndarray, List[Dict[str, Any]], np.ndarray]:
     """Render one synthetic image.
 
     Args:
         rng: the random generator to draw from (consumed).
         image_size: side of the square image in pixels.
+        min_object_size: smallest object size in pixels (sizes are log-uniform from it to
+            60% of the image side).
+        max_objects: at most this many objects are painted (1 to it, uniformly).
+        clutter: textured background and distractors; False: a plain gradient, no distractors.
 
     Returns:
         ``(image, objects, owner)``: ``image`` is a (H, W, 3) uint8 array; ``objects`` lists the
@@ -233,16 +249,16 @@ def render_sample(
         painted there last, or -1 for background and distractors.
     """
     s = int(image_size)
-    img = _background(rng, s)
+    img = _background(rng, s, clutter)
     owner = np.full((s, s), -1, dtype=np.int16)
 
     # Distractors under the objects.
-    for _ in range(int(rng.integers(2, 10))):
+    for _ in range(int(rng.integers(2, 10)) if clutter else 0):
         m = _distractor_mask(rng, s, thin_only=False)
         img[m] = rng.uniform(0, 255, 3)
 
-    num = 0 if rng.random() < _EMPTY_PROB else int(rng.integers(1, _MAX_OBJECTS + 1))
-    lo, hi = np.log(_MIN_SIZE_PX), np.log(max(_MIN_SIZE_PX, _MAX_SIZE_FRAC * s))
+    num = 0 if rng.random() < _EMPTY_PROB else int(rng.integers(1, int(max_objects) + 1))
+    lo, hi = np.log(min_object_size), np.log(max(min_object_size, _MAX_SIZE_FRAC * s))
     full_area, classes = [], []
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     for i in range(num):
@@ -262,7 +278,7 @@ def render_sample(
     num = len(classes)
 
     # A few thin distractor lines over the objects (they occlude, so update the owner map).
-    for _ in range(int(rng.integers(0, 3))):
+    for _ in range(int(rng.integers(0, 3)) if clutter else 0):
         m = _distractor_mask(rng, s, thin_only=True)
         img[m] = rng.uniform(0, 255, 3)
         owner[m] = -1
@@ -293,7 +309,9 @@ def render_sample(
 # --------------------------------------------------------------------------------------------
 # Whole dataset
 # --------------------------------------------------------------------------------------------
-def _split_info(split: str, seed: int, image_size: int, num_images: int) -> Dict[str, Any]:
+def _split_info(
+    split: str, seed: int, image_size: int, num_images: int, look: Dict[str, Any]
+) -> Dict[str, Any]:
     return {
         "generator": "tbd.synthetic",
         "version": GENERATOR_VERSION,
@@ -301,6 +319,7 @@ def _split_info(split: str, seed: int, image_size: int, num_images: int) -> Dict
         "seed": int(seed),
         "image_size": int(image_size),
         "num_images": int(num_images),
+        **look,
     }
 
 
@@ -320,14 +339,20 @@ def _is_up_to_date(json_path: str, image_dir: str, info: Dict[str, Any]) -> bool
 
 
 def _write_split(
-    split: str, json_path: str, image_dir: str, num_images: int, image_size: int, seed: int
+    split: str,
+    json_path: str,
+    image_dir: str,
+    num_images: int,
+    image_size: int,
+    seed: int,
+    look: Dict[str, Any],
 ) -> None:
     os.makedirs(image_dir, exist_ok=True)
     os.makedirs(os.path.dirname(json_path), exist_ok=True)
     images, annotations = [], []
     for idx in range(num_images):
         rng = np.random.default_rng([int(seed), _SPLIT_CODES[split], idx])
-        pixels, objects, _ = render_sample(rng, image_size)
+        pixels, objects, _ = render_sample(rng, image_size, **look)
         file_name = f"{idx:06d}.png"
         Image.fromarray(pixels).save(os.path.join(image_dir, file_name), compress_level=1)
         image_id = idx + 1
@@ -345,10 +370,11 @@ def _write_split(
                     "iscrowd": 0,
                 }
             )
-    info = _split_info(split, seed, image_size, num_images)
+    info = _split_info(split, seed, image_size, num_images, look)
     info["description"] = (
         "Synthetic shapes detection dataset (tbd.synthetic): 6 shape classes, random colours, "
-        "cluttered backgrounds, occlusion; boxes are tight boxes of visible pixels."
+        f"{'cluttered' if look['clutter'] else 'plain'} backgrounds, occlusion; boxes are tight "
+        "boxes of visible pixels."
     )
     data = {
         "info": info,
@@ -373,6 +399,9 @@ def make_synthetic_coco(
     num_val: int = 300,
     image_size: int = 128,
     seed: int = 0,
+    min_object_size: float = _MIN_SIZE_PX,
+    max_objects: int = _MAX_OBJECTS,
+    clutter: bool = True,
     overwrite: bool = False,
 ) -> Dict[str, Any]:
     """Generate (or reuse) the synthetic dataset in COCO detection format under ``root``.
@@ -389,6 +418,10 @@ def make_synthetic_coco(
         image_size: side of the square images in pixels (at least 32).
         seed: base seed; train and val use distinct streams derived from it, and each image
             has its own stream ``(seed, split, index)``.
+        min_object_size: smallest object size in pixels (at least 2, at most 60% of
+            ``image_size``).
+        max_objects: most objects per image (at least 1).
+        clutter: textured backgrounds and distractors (False: plain gradients, no distractors).
         overwrite: regenerate even if up-to-date files exist.
 
     Returns:
@@ -399,14 +432,26 @@ def make_synthetic_coco(
         raise ValueError(f"image_size must be >= 32, got {image_size}")
     if num_train < 0 or num_val < 0:
         raise ValueError("num_train and num_val must be >= 0")
+    if not 2 <= min_object_size <= _MAX_SIZE_FRAC * image_size:
+        raise ValueError(
+            f"min_object_size must be in [2, {_MAX_SIZE_FRAC} * image_size = "
+            f"{_MAX_SIZE_FRAC * image_size:g}], got {min_object_size}"
+        )
+    if int(max_objects) != max_objects or max_objects < 1:
+        raise ValueError(f"max_objects must be an integer >= 1, got {max_objects}")
+    look = {
+        "min_object_size": float(min_object_size),
+        "max_objects": int(max_objects),
+        "clutter": bool(clutter),
+    }
     root = os.fspath(root)
     out: Dict[str, Any] = {"root": root, "generated": []}
     for split, num in (("train", num_train), ("val", num_val)):
         json_path = os.path.join(root, "annotations", f"{split}.json")
         image_dir = os.path.join(root, split)
         out[f"{split}_json"], out[f"{split}_dir"] = json_path, image_dir
-        info = _split_info(split, seed, image_size, num)
+        info = _split_info(split, seed, image_size, num, look)
         if overwrite or not _is_up_to_date(json_path, image_dir, info):
-            _write_split(split, json_path, image_dir, num, image_size, seed)
+            _write_split(split, json_path, image_dir, num, image_size, seed, look)
             out["generated"].append(split)
     return out

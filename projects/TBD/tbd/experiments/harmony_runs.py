@@ -45,7 +45,12 @@ def register_test_split(cfg, dataset: Optional[str] = None) -> str:
     the config's ``DATASETS.SYNTHETIC`` (root, sizes, seed): a process that measures runs of
     several datasets (tests) never reads one under another's name.
     """
-    from tbd.datasets import SYNTHETIC_NAMES, register_datasets, register_synthetic
+    from tbd.datasets import (
+        SYNTHETIC_NAMES,
+        register_datasets,
+        register_synthetic,
+        synthetic_kwargs,
+    )
 
     dataset = dataset or cfg.DATASETS.TEST[0]
     if dataset not in SYNTHETIC_NAMES:
@@ -53,18 +58,11 @@ def register_test_split(cfg, dataset: Optional[str] = None) -> str:
         cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (), (dataset,)
         register_datasets(cfg)
         return dataset
-    syn = cfg.DATASETS.SYNTHETIC
-    root = os.path.abspath(syn.ROOT)
-    key = f"@{root}:{syn.NUM_TRAIN}:{syn.NUM_VAL}:{syn.IMAGE_SIZE}:{syn.SEED}"
+    root = os.path.abspath(cfg.DATASETS.SYNTHETIC.ROOT)
+    kwargs = synthetic_kwargs(cfg)
+    key = "@" + ":".join([root] + [str(v) for v in kwargs.values()])
     names = tuple(name + key for name in SYNTHETIC_NAMES)
-    register_synthetic(
-        root,
-        names=names,
-        num_train=syn.NUM_TRAIN,
-        num_val=syn.NUM_VAL,
-        image_size=syn.IMAGE_SIZE,
-        seed=syn.SEED,
-    )
+    register_synthetic(root, names=names, **kwargs)
     return names[SYNTHETIC_NAMES.index(dataset)]
 
 

@@ -38,17 +38,13 @@ def heldout_opts(root: str) -> List[str]:
 
 def make_heldout(regime: Regime) -> None:
     """Generate the regime's held-out split (cheap when it exists), with the image size of the
-    regime's data and generator seed :data:`HELDOUT_SEED`."""
+    regime's data (size and look) and generator seed :data:`HELDOUT_SEED`."""
+    from tbd.datasets import synthetic_kwargs
     from tbd.synthetic import make_synthetic_coco
 
-    size = load_cfg(regime.configs["tbd"]).DATASETS.SYNTHETIC.IMAGE_SIZE
-    make_synthetic_coco(
-        in_repo(regime.tuning.heldout_root),
-        num_train=8,
-        num_val=HELDOUT_NUM_VAL,
-        seed=HELDOUT_SEED,
-        image_size=size,
-    )
+    kwargs = synthetic_kwargs(load_cfg(regime.configs["tbd"]))
+    kwargs.update(num_train=8, num_val=HELDOUT_NUM_VAL, seed=HELDOUT_SEED)
+    make_synthetic_coco(in_repo(regime.tuning.heldout_root), **kwargs)
 
 
 def plan(

@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """
-The embedded default demo: on the synthetic dataset (64 px images), train a teacher (reused when
-already trained), then a baseline student and a TBD student at once (one core each), with the
-models of the converged regime (configs/Converged/) on short schedules; evaluate all three with
-COCOEvaluator, and write ``<output>/report.md`` with AP, the harmony of each model's predictions on
-the val split (tbd.analysis, as tools/analyze_harmony.py), train time per iteration, and a picture
-of the three models' detections.
+The embedded default demo: on the synthetic dataset in its plain look (64 px images, see
+DEMO_DATA), train a teacher (reused when already trained), then a baseline student and a TBD
+student at once (one core each), with the models of the converged regime (configs/Converged/) on
+short schedules; evaluate all three with COCOEvaluator, and write ``<output>/report.md`` with AP,
+the harmony of each model's predictions on the val split (tbd.analysis, as
+tools/analyze_harmony.py), train time per iteration, and a picture of the three models'
+detections.
 
     python tools/run_demo.py                 # the default demo (the README's first command)
     python tools/run_demo.py --toy           # seconds: a tiny dataset, models and schedule
@@ -35,28 +36,41 @@ NAMES = {
     "tbd": "student R18 width 16 + TBD",
 }
 PICTURE_SCORE = 0.3  # detections drawn: score >= this
+# The demo's data: the synthetic generator at 64 px with its easier look (tbd/synthetic.py): no
+# background clutter or distractors, objects from 16 px, at most 4 per image. The benchmarks'
+# data (the defaults) is too hard for models trained a few minutes to be mostly right.
+DEMO_DATA = [
+    "DATASETS.SYNTHETIC.ROOT",
+    "datasets/tbd_synthetic_64_plain",
+    "DATASETS.SYNTHETIC.CLUTTER",
+    "False",
+    "DATASETS.SYNTHETIC.MIN_OBJECT_SIZE",
+    "16",
+    "DATASETS.SYNTHETIC.MAX_OBJECTS",
+    "4",
+]
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="output/demo")
-    p.add_argument("--teacher-iters", type=int, default=None, help="default 3000 (toy: 4)")
-    p.add_argument("--student-iters", type=int, default=None, help="default 800 (toy: 4)")
+    p.add_argument("--teacher-iters", type=int, default=None, help="default 1200 (toy: 4)")
+    p.add_argument("--student-iters", type=int, default=None, help="default 600 (toy: 4)")
     p.add_argument(
         "--batch",
         type=int,
-        default=16,
+        default=32,
         help="images per step of all three trainings, with the configs' learning rate scaled by "
-        "batch / SOLVER.IMS_PER_BATCH (default 16: on 2 cores a step of these small models costs "
-        "mostly fixed overhead, so larger batches see more images per second)",
+        "batch / SOLVER.IMS_PER_BATCH (default 32; the converged baseline at batch 32: "
+        "docs/results/tuning_converged_solver.md)",
     )
     p.add_argument("--toy", action="store_true", help="tiny data, models and schedule (tests)")
     p.add_argument("--retrain-teacher", action="store_true")
     args = p.parse_args(argv)
     if args.teacher_iters is None:
-        args.teacher_iters = 4 if args.toy else 1600
+        args.teacher_iters = 4 if args.toy else 1200
     if args.student_iters is None:
-        args.student_iters = 4 if args.toy else 800
+        args.student_iters = 4 if args.toy else 600
     return args
 
 
@@ -84,7 +98,7 @@ def stages(args):
             "baseline": CONVERGED.configs["baseline"],
             "tbd": CONVERGED.configs["tbd"],
         }
-        data = []
+        data = DEMO_DATA
 
     result = []
     for name in ("teacher", "baseline", "tbd"):
@@ -110,7 +124,16 @@ def load_model(config_file, opts, weights):
     return cfg, load_eval_model(cfg)
 
 
-def write_report(args, results, commands, harmony, elapsed):
+def data_description(cfg) -> str:
+    """What the synthetic data of ``cfg`` looks like, in words."""
+    syn = cfg.DATASETS.SYNTHETIC
+    return (
+        f"{syn.IMAGE_SIZE} px, {'cluttered' if syn.CLUTTER else 'plain'} backgrounds, 1 to "
+        f"{syn.MAX_OBJECTS} objects per image, {syn.MIN_OBJECT_SIZE} px to 60% of the side"
+    )
+
+
+def write_report(args, results, commands, harmony, elapsed, data):
     import detectron2
 
     path = os.path.join(args.output, "report.md")
@@ -122,8 +145,9 @@ def write_report(args, results, commands, harmony, elapsed):
         f"{cpu_name()}, {os.cpu_count()} cores, torch "
         f"{torch.__version__}, detectron2 {detectron2.__version__}.",
         "",
-        "COCO box AP on the synthetic val split (COCOEvaluator). Harmony of the foreground anchors "
-        "on val (tbd.analysis, as tools/analyze_harmony.py): harmonious = proportion with "
+        f"COCO box AP on the synthetic val split ({data}; COCOEvaluator). Harmony of the "
+        "foreground anchors on val (tbd.analysis, as tools/analyze_harmony.py): harmonious = "
+        "proportion with "
         "|score - IoU| <= 0.2, Spearman = rank correlation of score and IoU, mean HS = mean "
         "Harmony Score; s/iter = median train step time.",
         "",
@@ -201,7 +225,9 @@ def main(argv=None):
         num_images=6,
         score=PICTURE_SCORE,
     )
-    path = write_report(args, results, commands, harmony, time.time() - start)
+    path = write_report(
+        args, results, commands, harmony, time.time() - start, data_description(cfg)
+    )
     print(open(path).read())
     print(f"[demo] report: {path}")
 

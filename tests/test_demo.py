@@ -45,11 +45,11 @@ def test_demo_batch_scales_the_learning_rate(batch):
 def test_demo_trains_and_evaluates_all_three_on_its_plain_data():
     """The default demo's three trainings read one dataset: the generator's plain look, under its
     own root (never the benchmarks' data under the benchmarks' root)."""
-    args = run_demo.parse_args([])
-    syn = [run_demo.load_cfg(c, o).DATASETS.SYNTHETIC for _, c, o in run_demo.stages(args)]
+    cfgs = [run_demo.load_cfg(c, o) for _, c, o in run_demo.stages(run_demo.parse_args([]))]
+    syn = [cfg.DATASETS.SYNTHETIC for cfg in cfgs]
     assert all(s == syn[0] for s in syn)
     benchmark = run_demo.load_cfg(run_demo.CONVERGED.configs["baseline"]).DATASETS.SYNTHETIC
     assert syn[0].ROOT != benchmark.ROOT and syn[0].IMAGE_SIZE == benchmark.IMAGE_SIZE
     assert not syn[0].CLUTTER and benchmark.CLUTTER
-    description = run_demo.data_description(run_demo.load_cfg(*run_demo.stages(args)[0][1:]))
+    description = run_demo.data_description(cfgs[0])
     assert description.startswith("64 px, plain backgrounds, 1 to 4 objects")
